@@ -1,0 +1,59 @@
+"""Reading trajectories for a System, and writing arrays atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bgkit import BgkitError
+from bgkit.systems import System, _one_line
+
+#: formats that carry their own topology (no --top needed)
+_SELF_DESCRIBING = {".h5", ".pdb", ".pdb.gz", ".mol2", ".gro", ".cif", ".pdbx"}
+
+
+def load_mdtraj(path: str | os.PathLike, system: System, stride: int | None = None):
+    """An ``mdtraj.Trajectory`` of ``path`` with the system's topology, atom count checked."""
+    import mdtraj
+
+    path = Path(path)
+    if not path.exists():
+        raise BgkitError(f"trajectory {path} not found")
+    if path.is_dir():
+        raise BgkitError(f"trajectory {path} is a folder, not a file")
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    try:
+        if suffix.lower() in _SELF_DESCRIBING:
+            traj = mdtraj.load(str(path), stride=stride)
+        else:
+            traj = mdtraj.load(str(path), top=system.topology, stride=stride)
+    except (ValueError, IOError, OSError, RuntimeError, TypeError, KeyError, IndexError, EOFError) as exc:
+        raise BgkitError(f"cannot read trajectory {path} for system '{system.name}': {_one_line(exc)}") from None
+    if traj.n_atoms != system.n_atoms:
+        raise BgkitError(f"trajectory {path} has {traj.n_atoms} atoms, system '{system.name}' has {system.n_atoms}")
+    if suffix.lower() in _SELF_DESCRIBING:
+        traj.topology = system.topology  # one topology object for every consumer
+    return traj
+
+
+def load_trajectory(path: str | os.PathLike, system: System, stride: int | None = None) -> np.ndarray:
+    """Positions of every frame of ``path``, float64 [n_frames, N, 3] in nm."""
+    return np.asarray(load_mdtraj(path, system, stride).xyz, dtype=np.float64)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
