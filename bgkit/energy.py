@@ -117,7 +117,9 @@ class EnergyModel:
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
+        # test hooks: the next submitted chunk's worker exits after this many frames (every chunk if sticky)
         self._crash_next: int | None = None
+        self._crash_sticky = False
         self._start_workers()
 
     # ------------------------------------------------------------ lifecycle
@@ -202,7 +204,8 @@ class EnergyModel:
             try:
                 if self._crash_next is not None:
                     w.conn.send(("crash", self._crash_next))
-                    self._crash_next = None
+                    if not self._crash_sticky:
+                        self._crash_next = None
                 w.conn.send(("eval", job, pos[s:e], want_forces, self.min_distance))
             except (BrokenPipeError, OSError):
                 pending.append(job)
