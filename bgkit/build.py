@@ -155,5 +155,5 @@ def write_built_pdb(system: System, out: Path | None = None, force: bool = False
             return path, False
         if not force:
             raise BgkitError(f"{path} exists and differs from the built structure: pass --force to replace it")
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(text.encode(), path)
     return path, True

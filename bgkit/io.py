@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,16 +43,7 @@ def load_trajectory(path: str | os.PathLike, system: System, stride: int | None 
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``np.save`` atomically (temporary file beside ``path``, then rename)."""
+    from bgkit.provenance import atomic_write
+
+    atomic_write(path, lambda fh: np.save(fh, array))
