@@ -143,5 +143,27 @@ def energy(system_name: str, traj: Path, out: Path | None, workers: int | None, 
         click.echo(f"wrote {out}  (float64 [{len(e)}], kT at {s.temperature} K)")
 
 
+# ----------------------------------------------------------------- simulate
+@main.command()
+@click.option("--system", "system_name", required=True, help="Shipped system name or system folder.")
+@click.option("--ns", type=float, required=True, help="Production length per replica (ns).")
+@click.option("--replicas", type=int, default=1, show_default=True, help="Independent replicas, run in parallel processes.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Dataset folder (resumed if it exists).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--friction", type=float, default=None, help="Langevin friction (1/ps); default from system.yaml (md.friction_per_ps) or 1.")
+@click.option("--save-every", type=float, default=1.0, show_default=True, help="Frame interval (ps).")
+@click.option("--chunk", type=float, default=1000.0, show_default=True, help="Chunk length (ps): the unit of resuming.")
+@click.option("--equilibrate", type=float, default=100.0, show_default=True, help="Equilibration before saving (ps).")
+@click.option("--step", type=float, default=1.0, show_default=True, help="Time step (fs).")
+@click.option("--platform", default=None, help="OpenMM platform (default: fastest for the system).")
+def simulate(system_name, ns, replicas, out, seed, friction, save_every, chunk, equilibrate, step, platform) -> None:
+    """Reference Langevin MD; run the same command again to resume an interrupted run."""
+    from bgkit.simulate import simulate as run
+
+    frames = run(system_name, out, ns=ns, replicas=replicas, seed=seed, friction_per_ps=friction,
+                 save_every_ps=save_every, chunk_ps=chunk, equilibrate_ps=equilibrate, step_fs=step, platform=platform)
+    click.echo(f"{out}: {frames} frames in {replicas} replica(s)")
+
+
 if __name__ == "__main__":
     main()

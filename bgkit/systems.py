@@ -12,6 +12,8 @@ A system lives in a folder with a ``system.yaml`` and a topology PDB::
     temperature_K: 300
     build:                              # optional: how `bgkit systems build` makes the PDB
       sequence: [ACE, ALA, NME]
+    md:                                 # optional: reference-MD settings
+      friction_per_ps: 1.0
 
 Force-field entries are either files relative to the system folder or names
 of OpenMM's bundled force fields. The shipped systems are the sub-folders of
@@ -68,6 +70,7 @@ class SystemSpec:
     constraints: str | None = None
     description: str = ""
     build: dict[str, Any] = field(default_factory=dict)
+    md: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_yaml(cls, path: Path) -> "SystemSpec":
@@ -126,7 +129,11 @@ class SystemSpec:
         build = raw.get("build") or {}
         if not isinstance(build, dict):
             raise BgkitError(f"malformed {source}: 'build' must be a mapping")
+        md = raw.get("md") or {}
+        if not isinstance(md, dict) or not all(k in ("friction_per_ps",) for k in md):
+            raise BgkitError(f"malformed {source}: 'md' must be a mapping with optional key friction_per_ps")
         return cls(
+            md=dict(md),
             name=str(raw["name"]),
             topology=str(raw["topology"]),
             forcefield=tuple(ff),

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bgkit.bench.<name>``. They print ratios measured in one run."""

@@ -1,0 +1,200 @@
+"""Reference MD datasets written by ``bgkit simulate``: loading, splits, provenance.
+
+A dataset is a folder (see :mod:`bgkit.simulate` for the layout) with
+``dataset.json``, ``topology.pdb``, a frozen copy of the system definition and
+per-replica XTC chunks with reduced energies. Shipped datasets live in
+``systems/<name>/md``; ``load_dataset("ala2")`` finds them.
+
+Plain mdtraj reads the same data::
+
+    md.load(sorted(glob("systems/ala2/md/rep000/chunk*.xtc")), top="systems/ala2/md/topology.pdb")
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from bgkit import BgkitError
+from bgkit.systems import System, load_system, shipped_systems, systems_dir
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Replica:
+    """The completed chunks of one replica."""
+
+    folder: Path
+    chunks: tuple[Path, ...]  #: XTC files, in time order
+
+    @property
+    def index(self) -> int:
+        return int(self.folder.name[3:])
+
+
+class Dataset:
+    """A reference-MD dataset: positions (nm), reduced energies (kT), times (ps), splits."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        meta_path = self.folder / "dataset.json"
+        if not meta_path.is_file():
+            raise BgkitError(f"{self.folder} is not a bgkit dataset: it has no dataset.json")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            raise BgkitError(f"{meta_path} is corrupted (not valid JSON)") from None
+        if self.meta.get("kind") != "bgkit.md_dataset":
+            raise BgkitError(f"{meta_path} does not describe a bgkit MD dataset")
+
+    # ------------------------------------------------------------- contents
+    @cached_property
+    def system(self) -> System:
+        """The system the data were simulated with (the dataset's frozen copy)."""
+        frozen = self.folder / "system"
+        system = load_system(frozen if (frozen / "system.yaml").is_file() else self.meta["system"])
+        if system.topology_hash != self.meta["topology_hash"]:
+            raise BgkitError(f"dataset {self.folder}: topology does not match its dataset.json")
+        return system
+
+    @property
+    def name(self) -> str:
+        return self.meta["system"]
+
+    @cached_property
+    def replicas(self) -> list[Replica]:
+        """Replicas with their completed chunks (an interrupted chunk is never included)."""
+        out = []
+        for rep in sorted(self.folder.glob("rep[0-9][0-9][0-9]")):
+            progress = rep / "progress.json"
+            if not progress.is_file():
+                continue
+            done = json.loads(progress.read_text())["chunks_done"]
+            chunks = tuple(rep / f"chunk{k:05d}.xtc" for k in range(done))
+            missing = [c for c in chunks if not c.is_file() or not c.with_suffix(".npy").is_file()]
+            if missing:
+                raise BgkitError(f"dataset {self.folder}: {missing[0]} listed as complete but missing")
+            if chunks:
+                out.append(Replica(rep, chunks))
+        return out
+
+    @cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        import mdtraj
+
+        xyz, energies, times, replica = [], [], [], []
+        top = self.system.topology
+        for rep in self.replicas:
+            for chunk in rep.chunks:
+                try:
+                    traj = mdtraj.load(str(chunk), top=top)
+                except Exception as exc:  # noqa: BLE001 - any reader failure is a corrupted file
+                    raise BgkitError(f"dataset {self.folder}: cannot read {chunk}: {exc}") from None
+                e = np.load(chunk.with_suffix(".npy"))
+                if len(e) != traj.n_frames:
+                    raise BgkitError(f"dataset {self.folder}: {chunk} has {traj.n_frames} frames but {len(e)} energies")
+                xyz.append(traj.xyz)
+                times.append(np.asarray(traj.time, dtype=np.float64))
+                energies.append(e)
+                replica.append(np.full(traj.n_frames, rep.index, dtype=np.int32))
+        if not xyz:
+            raise BgkitError(f"dataset {self.folder} holds no completed chunk yet")
+        return np.concatenate(xyz), np.concatenate(energies), np.concatenate(times), np.concatenate(replica)
+
+    @property
+    def xyz(self) -> np.ndarray:
+        """Positions, float32 [n_frames, N, 3] nm, replicas concatenated in order."""
+        return self._arrays[0]
+
+    @property
+    def energies_kt(self) -> np.ndarray:
+        """Reduced energies of the stored frames, float64 [n_frames]."""
+        return self._arrays[1]
+
+    @property
+    def times_ps(self) -> np.ndarray:
+        """Simulation time of each frame within its replica, ps."""
+        return self._arrays[2]
+
+    @property
+    def replica_index(self) -> np.ndarray:
+        """Replica of each frame, int [n_frames]."""
+        return self._arrays[3]
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.energies_kt)
+
+    @property
+    def simulated_ns(self) -> float:
+        """Sampled production time over all replicas, ns."""
+        return self.n_frames * self.meta["settings"]["save_every_ps"] / 1000.0
+
+    def trajectory(self, indices: np.ndarray | None = None):
+        """An ``mdtraj.Trajectory`` of all (or the given) frames."""
+        import mdtraj
+
+        sel = slice(None) if indices is None else indices
+        return mdtraj.Trajectory(self.xyz[sel], self.system.topology, time=self.times_ps[sel])
+
+    # --------------------------------------------------------------- splits
+    def split_indices(self, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, np.ndarray]:
+        """Train/val/test frame indices from contiguous time blocks.
+
+        Each replica's trajectory is cut in time order: the first ``fractions[0]``
+        of its frames are train, the next ``fractions[1]`` val, the rest test, so
+        no stretch of trajectory is shared between splits (only the two block
+        boundaries per replica are adjacent in time).
+        """
+        f = np.asarray(fractions, dtype=float)
+        if f.shape != (3,) or (f < 0).any() or abs(f.sum() - 1) > 1e-9:
+            raise BgkitError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        out: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        for rep in np.unique(self.replica_index):
+            idx = np.flatnonzero(self.replica_index == rep)
+            cuts = np.round(np.cumsum(f)[:2] * len(idx)).astype(int)
+            for name, part in zip(SPLITS, np.split(idx, cuts)):
+                out[name].append(part)
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def split(self, name: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> np.ndarray:
+        """Positions of one split, float32 [n, N, 3] nm."""
+        if name not in SPLITS:
+            raise BgkitError(f"unknown split '{name}': choose train, val or test")
+        return self.xyz[self.split_indices(fractions)[name]]
+
+    def summary(self) -> dict:
+        s = self.meta["settings"]
+        return {
+            "system": self.name,
+            "folder": str(self.folder),
+            "replicas": len(self.replicas),
+            "frames": self.n_frames,
+            "simulated_ns": self.simulated_ns,
+            "frame_interval_ps": s["save_every_ps"],
+            "friction_per_ps": s["friction_per_ps"],
+            "step_fs": s["step_fs"],
+            "temperature_K": self.meta["temperature_K"],
+        }
+
+
+def load_dataset(name_or_path: str | os.PathLike) -> Dataset:
+    """A dataset folder, or the shipped dataset of a system (``systems/<name>/md``)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        if (path / "dataset.json").is_file():
+            return Dataset(path)
+        if (path / "md" / "dataset.json").is_file():  # a system folder with its data
+            return Dataset(path / "md")
+        raise BgkitError(f"{path} is not a bgkit dataset: it has no dataset.json")
+    if str(name_or_path) in shipped_systems():
+        folder = systems_dir() / str(name_or_path) / "md"
+        if not (folder / "dataset.json").is_file():
+            raise BgkitError(f"system '{name_or_path}' ships no reference data yet ({folder} missing)")
+        return Dataset(folder)
+    raise BgkitError(f"no dataset '{name_or_path}': neither a dataset folder nor a shipped system")

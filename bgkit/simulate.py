@@ -1,0 +1,294 @@
+"""Reference molecular dynamics: resumable Langevin MD in parallel replicas.
+
+Each replica runs OpenMM's LangevinMiddleIntegrator (no constraints, the
+system's temperature) after energy minimisation and an equilibration period,
+and writes its trajectory in chunks::
+
+    OUT/dataset.json               provenance + settings (written first, checked on resume)
+    OUT/topology.pdb               the system's topology (mdtraj: md.load(xtcs, top=...))
+    OUT/rep000/chunk00000.xtc      frames of chunk 0 (positions, nm; time in ps)
+    OUT/rep000/chunk00000.npy      reduced energies u/kT of the *stored* (XTC-rounded) frames, float64
+    OUT/rep000/state.xml           OpenMM State after the last completed chunk
+    OUT/rep000/progress.json       {"chunks_done": k, ...}, written last
+
+Every file is written atomically (temporary file, then rename) and
+``progress.json`` only after a chunk's files exist, so a run killed at any
+moment resumes from its last completed chunk; files of a chunk that was not
+completed are removed on resume. The Langevin noise of chunk k is seeded
+with (seed, replica, k), so a resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bgkit import BgkitError
+from bgkit.systems import System, load_system
+
+#: friction (1/ps) for systems whose system.yaml sets no md.friction_per_ps
+DEFAULT_FRICTION = 1.0
+
+
+@dataclass(frozen=True)
+class MDSettings:
+    """Settings of one reference-MD dataset (all replicas)."""
+
+    system: str
+    ns: float  #: production length per replica, ns
+    replicas: int = 1
+    seed: int = 0
+    step_fs: float = 1.0
+    friction_per_ps: float = 1.0
+    save_every_ps: float = 1.0
+    chunk_ps: float = 1000.0
+    equilibrate_ps: float = 100.0
+    platform: str | None = None
+
+    @property
+    def steps_per_frame(self) -> int:
+        return int(round(self.save_every_ps * 1000.0 / self.step_fs))
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return int(round(self.chunk_ps / self.save_every_ps))
+
+    @property
+    def n_chunks(self) -> int:
+        return int(np.ceil(self.ns * 1000.0 / self.chunk_ps - 1e-9))
+
+    def validate(self) -> None:
+        if not self.ns > 0:
+            raise BgkitError("--ns must be positive")
+        if self.replicas < 1:
+            raise BgkitError("--replicas must be at least 1")
+        if self.step_fs <= 0 or self.save_every_ps <= 0 or self.chunk_ps <= 0 or self.equilibrate_ps < 0:
+            raise BgkitError("step, save interval and chunk length must be positive")
+        if abs(self.steps_per_frame * self.step_fs - self.save_every_ps * 1000.0) > 1e-6:
+            raise BgkitError(f"--save-every {self.save_every_ps} ps is not a whole number of {self.step_fs} fs steps")
+        if abs(self.frames_per_chunk * self.save_every_ps - self.chunk_ps) > 1e-6:
+            raise BgkitError(f"chunk length {self.chunk_ps} ps is not a whole number of frames")
+
+
+def _atomic(path: Path, write) -> None:
+    from bgkit.provenance import atomic_write
+
+    atomic_write(path, write)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from bgkit.provenance import atomic_write_json
+
+    atomic_write_json(obj, path)
+
+
+def _make_context(system: System, settings: MDSettings, platform: str):
+    import openmm
+    from openmm import unit
+
+    integrator = openmm.LangevinMiddleIntegrator(system.temperature * unit.kelvin,
+                                                 settings.friction_per_ps / unit.picosecond,
+                                                 settings.step_fs * unit.femtosecond)
+    props = {"Threads": "1"} if platform == "CPU" else {}
+    omm_system = openmm.XmlSerializer.deserialize(system.system_xml)
+    ctx = openmm.Context(omm_system, integrator, openmm.Platform.getPlatformByName(platform), props)
+    scorer = openmm.Context(openmm.XmlSerializer.deserialize(system.system_xml), openmm.VerletIntegrator(0.001),
+                            openmm.Platform.getPlatformByName(platform), props)
+    return ctx, integrator, scorer
+
+
+def _chunk_seed(seed: int, replica: int, chunk: int) -> int:
+    """Positive 31-bit seed for the Langevin noise of one chunk (0 would mean 'random' to OpenMM)."""
+    return int(np.random.SeedSequence([seed, replica, chunk + 1]).generate_state(1)[0] % (2**31 - 2)) + 1
+
+
+def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=None) -> int:
+    """Run (or resume) one replica to completion; returns the number of frames it holds."""
+    import mdtraj
+    import openmm
+    from openmm import unit
+
+    settings = MDSettings(**settings_dict)
+    system = load_system(Path(folder) / "system")
+    platform = settings.platform or system.preferred_platform()
+    rep = Path(folder) / f"rep{replica:03d}"
+    rep.mkdir(parents=True, exist_ok=True)
+    progress_path = rep / "progress.json"
+    done = json.loads(progress_path.read_text())["chunks_done"] if progress_path.exists() else None
+    # remove files of chunks that were started but not completed
+    for f in rep.glob("chunk*"):
+        if f.name.endswith(".tmp") or done is None or int(f.stem[5:10]) >= done:
+            f.unlink()
+    for f in rep.glob(".*.tmp"):
+        f.unlink()
+    ctx, integrator, scorer = _make_context(system, settings, platform)
+    kT = system.kT
+    if done is None:  # fresh start: minimise, equilibrate (not saved)
+        ctx.setPositions(system.positions)
+        openmm.LocalEnergyMinimizer.minimize(ctx, 1.0, 0)
+        ctx.setVelocitiesToTemperature(system.temperature * unit.kelvin, _chunk_seed(settings.seed, replica, -1))
+        integrator.setRandomNumberSeed(_chunk_seed(settings.seed, replica, -1))
+        n_eq = int(round(settings.equilibrate_ps * 1000.0 / settings.step_fs))
+        if n_eq:
+            integrator.step(n_eq)
+        ctx.setTime(0.0)
+        ctx.setStepCount(0)
+        state = ctx.getState(getPositions=True, getVelocities=True)
+        _atomic(rep / "state.xml", lambda fh: fh.write(openmm.XmlSerializer.serialize(state).encode()))
+        _write_json(progress_path, {"chunks_done": 0, "frames": 0})
+        done = 0
+    else:
+        state = openmm.XmlSerializer.deserialize((rep / "state.xml").read_text())
+        ctx.setState(state)
+    if progress_queue is not None and done:
+        progress_queue.put((replica, done * settings.chunk_ps / 1000.0))
+    top = system.topology
+    n_chunks = settings.n_chunks
+    for k in range(done, n_chunks):
+        integrator.setRandomNumberSeed(_chunk_seed(settings.seed, replica, k))
+        n_frames = settings.frames_per_chunk
+        if k == n_chunks - 1:  # last chunk may be shorter
+            remaining_ps = settings.ns * 1000.0 - k * settings.chunk_ps
+            n_frames = int(round(remaining_ps / settings.save_every_ps))
+        xyz = np.empty((n_frames, system.n_atoms, 3), dtype=np.float32)
+        times = np.empty(n_frames, dtype=np.float32)
+        for i in range(n_frames):
+            integrator.step(settings.steps_per_frame)
+            st = ctx.getState(getPositions=True)
+            xyz[i] = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+            times[i] = st.getTime().value_in_unit(unit.picosecond)
+        if not np.isfinite(xyz).all():
+            raise BgkitError(f"replica {replica}: the simulation blew up (non-finite positions) in chunk {k}")
+        xtc = rep / f"chunk{k:05d}.xtc"
+        tmp = rep / f".chunk{k:05d}.xtc.tmp"
+        with mdtraj.formats.XTCTrajectoryFile(str(tmp), "w") as fh:
+            fh.write(xyz, time=times)
+        os.replace(tmp, xtc)
+        stored = mdtraj.load(str(xtc), top=top).xyz.astype(np.float64)
+        energies = np.empty(n_frames)
+        for i, frame in enumerate(stored):  # score what is stored, so data and energies agree exactly
+            scorer.setPositions(frame)
+            energies[i] = scorer.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / kT
+        _atomic(rep / f"chunk{k:05d}.npy", lambda fh: np.save(fh, energies))
+        state = ctx.getState(getPositions=True, getVelocities=True)
+        _atomic(rep / "state.xml", lambda fh: fh.write(openmm.XmlSerializer.serialize(state).encode()))
+        _write_json(progress_path, {"chunks_done": k + 1, "frames": int(k * settings.frames_per_chunk + n_frames)})
+        if progress_queue is not None:
+            progress_queue.put((replica, (k * settings.chunk_ps + n_frames * settings.save_every_ps) / 1000.0))
+    return int(json.loads(progress_path.read_text())["frames"])
+
+
+def prepare(out: Path, system: System, settings: MDSettings) -> None:
+    """Create (or check, on resume) the dataset folder and its dataset.json."""
+    import shutil
+
+    from bgkit.provenance import provenance
+
+    settings.validate()
+    meta_path = out / "dataset.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        old = dict(meta["settings"])
+        new = asdict(settings)
+        for key in ("ns", "replicas"):  # a run may be extended: more ns or more replicas
+            old.pop(key), new.pop(key)
+        if old != new:
+            diff = ", ".join(f"{k}: {old[k]} -> {new[k]}" for k in new if old.get(k) != new[k])
+            raise BgkitError(f"{out} holds a run with other settings ({diff}); use another --out")
+        if meta["topology_hash"] != system.topology_hash:
+            raise BgkitError(f"{out} was simulated with a different topology than system '{system.name}'")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {}
+    (out / "system").mkdir(exist_ok=True)
+    for f in system.folder.iterdir():  # a frozen copy of the system definition
+        if f.name == "system.yaml" or f.name == system.spec.topology:
+            shutil.copy(f, out / "system" / f.name)
+    for entry in system.forcefield_files():
+        if os.path.isfile(entry):
+            shutil.copy(entry, out / "system" / Path(entry).name)
+    shutil.copy(system.pdb_path, out / "topology.pdb")
+    import openmm
+
+    meta.update({
+        "kind": "bgkit.md_dataset",
+        "system": system.name,
+        "topology_hash": system.topology_hash,
+        "n_atoms": system.n_atoms,
+        "forcefield": list(system.spec.forcefield),
+        "nonbonded_method": system.spec.nonbonded_method,
+        "nonbonded_cutoff_nm": system.spec.nonbonded_cutoff_nm,
+        "temperature_K": system.temperature,
+        "kT_kJ_per_mol": system.kT,
+        "integrator": "LangevinMiddleIntegrator",
+        "constraints": system.spec.constraints,
+        "platform": settings.platform or system.preferred_platform(),
+        "settings": asdict(settings),
+        "energy_unit": "kT (reduced, of the stored XTC coordinates)",
+        "position_unit": "nm (XTC, precision 0.001 nm)",
+        "provenance": meta.get("provenance", []) + [provenance(system=system.name, seed=settings.seed,
+                                                                openmm_platforms=openmm.Platform.getNumPlatforms())],
+    })
+    _write_json(meta_path, meta)
+
+
+def simulate(system: str | System, out: str | os.PathLike, ns: float, replicas: int = 1, seed: int = 0,
+             friction_per_ps: float | None = None, save_every_ps: float = 1.0, chunk_ps: float = 1000.0,
+             equilibrate_ps: float = 100.0, step_fs: float = 1.0, platform: str | None = None,
+             progress: bool = True) -> int:
+    """Run or resume reference MD of ``replicas`` independent replicas in parallel processes.
+
+    Returns the total number of frames stored. Re-running the same call after
+    an interruption continues where it stopped; a larger ``ns`` extends it.
+    """
+    sys_ = load_system(system)
+    if friction_per_ps is None:
+        friction_per_ps = float(sys_.spec.md.get("friction_per_ps", DEFAULT_FRICTION))
+    settings = MDSettings(system=sys_.name, ns=float(ns), replicas=int(replicas), seed=int(seed), step_fs=step_fs,
+                          friction_per_ps=friction_per_ps, save_every_ps=save_every_ps, chunk_ps=chunk_ps,
+                          equilibrate_ps=equilibrate_ps, platform=platform)
+    out = Path(out)
+    prepare(out, sys_, settings)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Manager().Queue() if progress else None
+    total_ns = settings.ns * settings.replicas
+    with ctx.Pool(min(settings.replicas, os.cpu_count() or 1)) as pool:
+        results = [pool.apply_async(run_replica, (str(out), r, asdict(settings), queue)) for r in range(settings.replicas)]
+        _follow(results, queue, total_ns, settings.replicas)
+        frames = sum(r.get() for r in results)
+    return frames
+
+
+def _follow(results, queue, total_ns: float, replicas: int) -> None:
+    """Progress bar (ns simulated, ns/day) until every replica has finished."""
+    from tqdm import tqdm
+
+    if queue is None:
+        for r in results:
+            r.wait()
+        return
+    done = [0.0] * replicas
+    start, start_ns = time.time(), None
+    with tqdm(total=round(total_ns, 3), unit="ns", desc="MD", dynamic_ncols=True) as bar:
+        while not all(r.ready() for r in results):
+            try:
+                rep, ns_done = queue.get(timeout=0.5)
+            except Exception:  # queue.Empty
+                continue
+            if start_ns is None:
+                start_ns = sum(done)
+            done[rep] = ns_done
+            bar.n = round(sum(done), 3)
+            elapsed = time.time() - start
+            rate = (sum(done) - start_ns) / elapsed * 86400.0 / max(replicas, 1) if elapsed > 0 else 0.0
+            bar.set_postfix_str(f"{rate:.0f} ns/day per replica")
+            bar.refresh()
+        for r in results:
+            if not r.successful():
+                r.get()  # re-raise the replica's error
