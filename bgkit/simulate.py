@@ -88,19 +88,17 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_json(obj, path)
 
 
-def _make_context(system: System, settings: MDSettings, platform: str):
+def _make_context(system, omm_system, settings: MDSettings, platform: str, seed: int):
+    """A Langevin Context whose noise is seeded with ``seed`` (OpenMM reads the seed at Context creation)."""
     import openmm
     from openmm import unit
 
     integrator = openmm.LangevinMiddleIntegrator(system.temperature * unit.kelvin,
                                                  settings.friction_per_ps / unit.picosecond,
                                                  settings.step_fs * unit.femtosecond)
+    integrator.setRandomNumberSeed(seed)
     props = {"Threads": "1"} if platform == "CPU" else {}
-    omm_system = openmm.XmlSerializer.deserialize(system.system_xml)
-    ctx = openmm.Context(omm_system, integrator, openmm.Platform.getPlatformByName(platform), props)
-    scorer = openmm.Context(openmm.XmlSerializer.deserialize(system.system_xml), openmm.VerletIntegrator(0.001),
-                            openmm.Platform.getPlatformByName(platform), props)
-    return ctx, integrator, scorer
+    return openmm.Context(omm_system, integrator, openmm.Platform.getPlatformByName(platform), props), integrator
 
 
 def _chunk_seed(seed: int, replica: int, chunk: int) -> int:
@@ -127,31 +125,37 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
             f.unlink()
     for f in rep.glob(".*.tmp"):
         f.unlink()
-    ctx, integrator, scorer = _make_context(system, settings, platform)
+    omm_system = openmm.XmlSerializer.deserialize(system.system_xml)
+    props = {"Threads": "1"} if platform == "CPU" else {}
+    scorer = openmm.Context(openmm.XmlSerializer.deserialize(system.system_xml), openmm.VerletIntegrator(0.001),
+                            openmm.Platform.getPlatformByName(platform), props)
     kT = system.kT
     if done is None:  # fresh start: minimise, equilibrate (not saved)
+        ctx, integrator = _make_context(system, omm_system, settings, platform, _chunk_seed(settings.seed, replica, -1))
         ctx.setPositions(system.positions)
         openmm.LocalEnergyMinimizer.minimize(ctx, 1.0, 0)
         ctx.setVelocitiesToTemperature(system.temperature * unit.kelvin, _chunk_seed(settings.seed, replica, -1))
-        integrator.setRandomNumberSeed(_chunk_seed(settings.seed, replica, -1))
         n_eq = int(round(settings.equilibrate_ps * 1000.0 / settings.step_fs))
         if n_eq:
             integrator.step(n_eq)
         ctx.setTime(0.0)
         ctx.setStepCount(0)
-        state = ctx.getState(getPositions=True, getVelocities=True)
-        _atomic(rep / "state.xml", lambda fh: fh.write(openmm.XmlSerializer.serialize(state).encode()))
+        state_xml = openmm.XmlSerializer.serialize(ctx.getState(getPositions=True, getVelocities=True))
+        _atomic(rep / "state.xml", lambda fh: fh.write(state_xml.encode()))
         _write_json(progress_path, {"chunks_done": 0, "frames": 0})
         done = 0
+        del ctx, integrator
     else:
-        state = openmm.XmlSerializer.deserialize((rep / "state.xml").read_text())
-        ctx.setState(state)
+        state_xml = (rep / "state.xml").read_text()
     if progress_queue is not None and done:
         progress_queue.put((replica, done * settings.chunk_ps / 1000.0))
     top = system.topology
     n_chunks = settings.n_chunks
     for k in range(done, n_chunks):
-        integrator.setRandomNumberSeed(_chunk_seed(settings.seed, replica, k))
+        # every chunk starts from the serialised state with freshly seeded noise, so an interrupted and
+        # resumed run is bit-identical to an uninterrupted one
+        ctx, integrator = _make_context(system, omm_system, settings, platform, _chunk_seed(settings.seed, replica, k))
+        ctx.setState(openmm.XmlSerializer.deserialize(state_xml))
         n_frames = settings.frames_per_chunk
         if k == n_chunks - 1:  # last chunk may be shorter
             remaining_ps = settings.ns * 1000.0 - k * settings.chunk_ps
@@ -176,8 +180,9 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
             scorer.setPositions(frame)
             energies[i] = scorer.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / kT
         _atomic(rep / f"chunk{k:05d}.npy", lambda fh: np.save(fh, energies))
-        state = ctx.getState(getPositions=True, getVelocities=True)
-        _atomic(rep / "state.xml", lambda fh: fh.write(openmm.XmlSerializer.serialize(state).encode()))
+        state_xml = openmm.XmlSerializer.serialize(ctx.getState(getPositions=True, getVelocities=True))
+        _atomic(rep / "state.xml", lambda fh: fh.write(state_xml.encode()))
+        del ctx, integrator
         _write_json(progress_path, {"chunks_done": k + 1, "frames": int(k * settings.frames_per_chunk + n_frames)})
         if progress_queue is not None:
             progress_queue.put((replica, (k * settings.chunk_ps + n_frames * settings.save_every_ps) / 1000.0))

@@ -1,0 +1,96 @@
+"""Reference MD: a run killed at an arbitrary moment and resumed equals an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from bgkit import BgkitError
+from bgkit.data import load_dataset
+
+ARGS = ["--system", "ala2", "--ns", "0.03", "--chunk", "2", "--save-every", "0.1", "--equilibrate", "0.5", "--seed", "7"]
+
+
+def run_cli(out, **kw):
+    return subprocess.run([sys.executable, "-m", "bgkit.cli", "simulate", *ARGS, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("md") / "full"
+    res = run_cli(out)
+    assert res.returncode == 0, res.stderr
+    return load_dataset(out)
+
+
+@pytest.mark.timeout(300)
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, uninterrupted):
+    out = tmp_path / "resumed"
+    proc = subprocess.Popen([sys.executable, "-m", "bgkit.cli", "simulate", *ARGS, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    progress = out / "rep000" / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if json.loads(progress.read_text())["chunks_done"] >= 4:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, workers included, mid-chunk
+    proc.wait()
+    done = json.loads(progress.read_text())["chunks_done"]
+    assert 4 <= done < 15, "the run was not interrupted"
+    # debris a crash can leave: a half-written temporary file and a chunk beyond the recorded progress
+    (out / "rep000" / f".chunk{done:05d}.xtc.tmp").write_bytes(b"partial")
+    (out / "rep000" / f"chunk{done + 1:05d}.xtc").write_bytes(b"garbage")
+    res = run_cli(out)
+    assert res.returncode == 0, res.stderr
+    data = load_dataset(out)
+    assert data.n_frames == uninterrupted.n_frames == 300
+    np.testing.assert_allclose(np.diff(data.times_ps), 0.1, atol=1e-4)  # continuous, no gap, no duplicate
+    assert data.times_ps[0] == pytest.approx(0.1, abs=1e-4)
+    np.testing.assert_array_equal(data.xyz, uninterrupted.xyz)  # the same trajectory, frame for frame
+    np.testing.assert_array_equal(data.energies_kt, uninterrupted.energies_kt)
+    assert not list((out / "rep000").glob(".*.tmp"))
+    # running the finished command again changes nothing
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "rep000").iterdir()}
+    assert run_cli(out).returncode == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "rep000").iterdir() if p.name != "progress.json"} == \
+        {k: v for k, v in before.items() if k != "progress.json"}
+
+
+def test_dataset_contents_and_provenance(uninterrupted):
+    d = uninterrupted
+    meta = d.meta
+    assert meta["integrator"] == "LangevinMiddleIntegrator" and meta["settings"]["friction_per_ps"] == 1.0
+    assert meta["settings"]["step_fs"] == 1.0 and meta["temperature_K"] == 300.0
+    assert "bgkit_version" in meta["provenance"][0] and "simulate" in meta["provenance"][0]["command"]
+    assert d.xyz.shape == (300, 22, 3) and d.simulated_ns == pytest.approx(0.03)
+    from bgkit.energy import EnergyModel
+
+    with EnergyModel("ala2", n_workers=1) as model:
+        np.testing.assert_allclose(model(d.xyz), d.energies_kt, rtol=1e-6)
+    assert d.trajectory().n_frames == 300
+
+
+def test_splits_are_contiguous_blocks(uninterrupted):
+    idx = uninterrupted.split_indices((0.8, 0.1, 0.1))
+    assert [len(idx[k]) for k in ("train", "val", "test")] == [240, 30, 30]
+    assert np.array_equal(np.sort(np.concatenate(list(idx.values()))), np.arange(300))
+    assert idx["train"].max() < idx["val"].min() and idx["val"].max() < idx["test"].min()
+    with pytest.raises(BgkitError, match="fractions"):
+        uninterrupted.split_indices((0.5, 0.6, 0.1))
+
+
+def test_changed_settings_refuse_to_resume(uninterrupted):
+    res = subprocess.run([sys.executable, "-m", "bgkit.cli", "simulate", *ARGS[:-2], "--seed", "8",
+                          "--out", str(uninterrupted.folder)], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "other settings" in res.stderr and "Traceback" not in res.stderr
