@@ -165,5 +165,295 @@ def simulate(system_name, ns, replicas, out, seed, friction, save_every, chunk, 
     click.echo(f"{out}: {frames} frames in {replicas} replica(s)")
 
 
+# -------------------------------------------------------------------- data
+@main.group(cls=_Group)
+def data() -> None:
+    """Inspect reference MD datasets."""
+
+
+@data.command("check")
+@click.argument("dataset")
+@click.option("--blocks", type=int, default=20, show_default=True, help="Contiguous blocks per half for the bootstrap.")
+@click.option("--json", "as_json", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
+def data_check(dataset: str, blocks: int, as_json: Path | None) -> None:
+    """Basin populations in the first and second half of DATASET (name or folder), with errors."""
+    from bgkit.datacheck import check_dataset
+
+    report = check_dataset(dataset, n_blocks=blocks)
+    s = report["summary"]
+    click.echo(f"{s['system']}: {s['simulated_ns']:.1f} ns in {s['replicas']} replica(s), {s['frames']} frames "
+               f"every {s['frame_interval_ps']} ps  ({s['folder']})")
+    click.echo(f"{'residue':8s} {'basin':8s} {'first half':>18s} {'second half':>18s}  agree")
+    for row in report["basins"]:
+        a, b = row["first_half"], row["second_half"]
+        click.echo(f"{row['residue']:8s} {row['basin']:8s} {a[0]:9.5f} ± {a[1]:<7.5f} {b[0]:9.5f} ± {b[1]:<7.5f}  "
+                   f"{'yes' if row['agree'] else 'NO'}")
+    click.echo(f"all basins agree within 3 combined standard errors: {'yes' if report['all_agree'] else 'NO'}")
+    if as_json:
+        from bgkit.provenance import atomic_write_json
+
+        atomic_write_json(report, as_json)
+
+
+# ------------------------------------------------------------------ training
+@main.group(cls=_Group)
+def targets() -> None:
+    """Make RegFlow regression targets."""
+
+
+@targets.command("ot")
+@click.option("--system", "system_name", required=True)
+@click.option("--data", default=None, help="Dataset folder (default: the system's shipped data).")
+@click.option("--n", type=int, default=None, help="Use this many train frames (evenly spaced; default all).")
+@click.option("--block-size", type=int, default=4096, show_default=True, help="Exact OT per block of this many pairs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing --out.")
+def targets_ot(system_name, data, n, block_size, seed, out, force) -> None:
+    """Exact optimal-transport pairs (prior sample -> training frame)."""
+    from bgkit.train.molecular import make_ot_targets
+
+    if out.exists() and not force:
+        raise BgkitError(f"{out} exists: pass --force to overwrite it")
+    info = make_ot_targets(system_name, out, data=data, n=n, block_size=block_size, seed=seed)
+    click.echo(f"wrote {out}: {info['frames']} OT pairs (blocks of {block_size}) in {info['seconds']:.1f} s")
+
+
+@main.command()
+@click.option("--system", "system_name", required=True)
+@click.option("--arch", type=click.Choice(["realnvp", "nsf", "tarflow"]), required=True)
+@click.option("--objective", type=click.Choice(["regflow", "mle"]), required=True)
+@click.option("--targets", "targets_path", default=None, help="Targets file (RegFlow).")
+@click.option("--data", default=None, help="Dataset folder (default: the system's shipped data).")
+@click.option("--steps", type=int, default=20000, show_default=True)
+@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--reg", type=click.Choice(["fb", "logdet", "none"]), default="fb", show_default=True)
+@click.option("--reg-weight", type=float, default=1e-6, show_default=True)
+@click.option("--noise", type=float, default=0.0, show_default=True, help="Target noise std (flow units).")
+@click.option("--hparams", default="{}", help='Architecture hyperparameters as JSON, e.g. \'{"hidden": 128}\'.')
+@click.option("--max-frames", type=int, default=None, help="MLE: use at most this many train frames.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="torch device (default: cuda if available).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def train(system_name, arch, objective, targets_path, data, steps, batch_size, lr, reg, reg_weight, noise, hparams,
+          max_frames, seed, device, out, resume, force) -> None:
+    """Train a flow; the checkpoint --out is a self-contained proposal."""
+    from bgkit.train.molecular import train_proposal
+
+    if out.exists() and not (resume or force):
+        raise BgkitError(f"{out} exists: pass --resume to continue it or --force to replace it")
+    try:
+        hp = json.loads(hparams)
+    except json.JSONDecodeError:
+        raise BgkitError(f"--hparams is not valid JSON: {hparams}") from None
+    cfg = {"steps": steps, "batch_size": batch_size, "lr": lr, "reg": None if reg == "none" else reg,
+           "reg_weight": reg_weight, "noise_std": noise, "seed": seed, "device": device,
+           "warmup_steps": min(500, steps // 10), "val_every": max(1, min(500, steps // 10)),
+           "ckpt_every": max(1, min(1000, steps // 5))}
+    result = train_proposal(system_name, arch, objective, out, targets=targets_path, data=data,
+                            max_frames=max_frames, hparams=hp, config_overrides=cfg, resume=resume)
+    m = result.metrics
+    click.echo(f"wrote {out}: {m.get('steps')} steps, final train loss {m.get('final_train_loss'):.4g}, "
+               f"val loss {m.get('final_val_loss')}, {m.get('samples_per_s', 0):.0f} samples/s")
+
+
+# ---------------------------------------------------------------- sampling
+def _proposal_for(system_name: str, model: Path | None):
+    from bgkit.proposal import Proposal
+    from bgkit.systems import load_system
+
+    system = load_system(system_name)
+    path = model or system.folder / "proposal.pt"
+    if model is None and not path.is_file():
+        raise BgkitError(f"system '{system.name}' ships no proposal ({path} missing): pass --model")
+    return system, Proposal.load(path, system=system)
+
+
+def _default_out(prefix: str) -> Path:
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(f"{prefix}-{stamp}")
+    k = 1
+    while out.exists():
+        k += 1
+        out = Path(f"{prefix}-{stamp}-{k}")
+    return out
+
+
+_sample_options = [
+    click.option("--system", "system_name", required=True, help="Shipped system name or system folder."),
+    click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Proposal checkpoint (default: the system's shipped proposal.pt)."),
+    click.option("--n", type=int, default=10000, show_default=True, help="Number of samples."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--batch-size", type=int, default=2000, show_default=True),
+    click.option("--device", default="cpu", show_default=True, help="torch device for the flow."),
+    click.option("--workers", type=int, default=None, help="Energy worker processes (default: all cores)."),
+    click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None),
+    click.option("--force", is_flag=True, help="Replace an existing --out folder."),
+]
+
+
+def _with_options(options):
+    def wrap(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return wrap
+
+
+def _draw(system_name, model, n, seed, batch_size, device, workers, out, force, prefix):
+    from bgkit.sample import draw
+
+    if n < 1:
+        raise BgkitError(f"--n must be a positive number of samples, got {n}")
+    out = out or _default_out(prefix)
+    if out.exists() and not force:
+        raise BgkitError(f"{out} exists: choose another --out or pass --force to replace it")
+    system, proposal = _proposal_for(system_name, model)
+    proposal.flow.to(device)
+    result = draw(proposal, system, n=n, batch_size=batch_size, seed=seed, n_workers=workers)
+    return system, proposal, result, out
+
+
+def _print_summary(result) -> None:
+    s = result.summary()
+    click.echo(f"samples        {s['n']}")
+    click.echo(f"ESS            {s['ess']:.1f}  ({s['ess_fraction']:.4f} of N; {s['ess_fraction_clipped']:.4f} after clipping)")
+    click.echo(f"non-finite     {s['n_nonfinite']} zero-weight samples (invalid energy {s['n_invalid_energy']}, "
+               f"wrong chirality {s['n_wrong_chirality']})")
+    click.echo(f"clipped        {s['n_clipped']} largest log-weights ({100 * s['clip_fraction']:.2f} %)")
+    click.echo(f"time           {s['seconds']:.2f} s  ({s['samples_per_second']:.0f} samples/s; flow {s['flow_seconds']:.2f} s, "
+               f"waiting for energies {s['energy_seconds']:.2f} s)")
+
+
+@main.command()
+@_with_options(_sample_options)
+def sample(system_name, model, n, seed, batch_size, device, workers, out, force) -> None:
+    """Draw samples from a proposal, with log q, energies and importance weights."""
+    from bgkit.sample import write_sample_folder
+
+    system, proposal, result, out = _draw(system_name, model, n, seed, batch_size, device, workers, out, force,
+                                          f"bgkit-sample-{system_name if '/' not in system_name else 'custom'}")
+    if result is None:  # a non-zero rank under torchrun
+        return
+    _print_summary(result)
+    write_sample_folder(result, system, out, force, extra={"model": str(proposal.path), "seed": seed})
+    click.echo(f"wrote {out}/ (samples.h5, weights.npz, summary.json)")
+
+
+@main.command()
+@_with_options(_sample_options)
+def evaluate(system_name, model, n, seed, batch_size, device, workers, out, force) -> None:
+    """Sample, then compare with the system's MD test split: metrics.json and figures."""
+    from bgkit.data import load_dataset
+    from bgkit.evaluate import compute_metrics, write_figures, write_metrics
+    from bgkit.sample import write_sample_folder
+
+    system, proposal, result, out = _draw(system_name, model, n, seed, batch_size, device, workers, out, force,
+                                          f"bgkit-evaluate-{system_name if '/' not in system_name else 'custom'}")
+    if result is None:
+        return
+    _print_summary(result)
+    dataset = load_dataset(system.folder)
+    write_sample_folder(result, system, out, force, extra={"model": str(proposal.path), "seed": seed})
+    metrics = compute_metrics(result, proposal, dataset, seed=seed)
+    write_metrics(metrics, out)
+    write_figures(result, dataset, out)
+    for key in ("ess", "e_w2_proposal", "e_w2_resampled", "t_w2_proposal", "t_w2_resampled", "nll_test",
+                "samples_per_second"):
+        click.echo(f"{key:20s} {metrics[key]:.4f}")
+    click.echo(f"wrote {out}/ (metrics.json, ramachandran.png, energies.png, log_weights.png, samples)")
+
+
+# -------------------------------------------------------------------- plots
+@main.group(cls=_Group)
+def plot() -> None:
+    """Draw single figures from datasets or sample folders."""
+
+
+@plot.command("ramachandran")
+@click.argument("source")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG or PDF file.")
+@click.option("--reweighted", is_flag=True, help="Sample folder: weight samples by their importance weights.")
+def plot_ramachandran(source: str, out: Path, reweighted: bool) -> None:
+    """Ramachandran free energy (kT) of a dataset (name or folder) or a sample folder; every φ/ψ pair."""
+    from bgkit import plots
+    from bgkit.evaluate import pairs
+
+    xyz, system, weights, label = _positions_of(source, reweighted)
+    phi, psi, labels = pairs(xyz, system)
+    plots.ramachandran_panels({label: (phi, psi) if weights is None else (phi, psi, weights)}, out,
+                              title=f"{system.name}: {label}", pair_labels=labels)
+    click.echo(f"wrote {out}")
+
+
+@plot.command("energies")
+@click.argument("sample_folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def plot_energies(sample_folder: Path, out: Path) -> None:
+    """Energy histograms (MD test split, proposal, reweighted) of a sample folder."""
+    import numpy as np
+
+    from bgkit import plots
+    from bgkit.data import load_dataset
+    from bgkit.sample import load_sample_folder
+    from bgkit.systems import load_system
+
+    d = load_sample_folder(sample_folder)
+    data = {}
+    try:
+        ds = load_dataset(load_system(d["summary"]["system"]).folder)
+        data["reference MD"] = ds.energies_kt[ds.split_indices()["test"]]
+    except BgkitError:
+        pass
+    lw = d["log_w_clipped"]
+    data["proposal"] = d["energy_kt"]
+    data["reweighted"] = (d["energy_kt"], np.exp(lw - lw[np.isfinite(lw)].max()))
+    plots.energy_histograms(data, out, title=f"{d['summary']['system']}: energies")
+    click.echo(f"wrote {out}")
+
+
+@plot.command("weights")
+@click.argument("sample_folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def plot_weights(sample_folder: Path, out: Path) -> None:
+    """Log-weight histogram of a sample folder."""
+    from bgkit import plots
+    from bgkit.sample import load_sample_folder
+
+    d = load_sample_folder(sample_folder)
+    plots.log_weight_histogram(d["log_w"], out, title=f"{d['summary']['system']}: log-weights")
+    click.echo(f"wrote {out}")
+
+
+def _positions_of(source: str, reweighted: bool):
+    """(xyz, system, weights or None, label) of a dataset or a sample folder."""
+    import numpy as np
+
+    from bgkit.data import load_dataset
+
+    path = Path(source)
+    if (path / "summary.json").is_file():
+        import mdtraj
+
+        from bgkit.sample import load_sample_folder
+        from bgkit.systems import load_system
+
+        d = load_sample_folder(path)
+        system = load_system(d["summary"]["system"])
+        xyz = mdtraj.load(str(d["samples"])).xyz
+        if reweighted:
+            lw = d["log_w_clipped"]
+            return xyz, system, np.exp(lw - lw[np.isfinite(lw)].max()), "reweighted"
+        return xyz, system, None, "proposal"
+    ds = load_dataset(source)
+    return ds.xyz, ds.system, None, "reference MD"
+
+
 if __name__ == "__main__":
     main()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,6 +114,7 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
     from openmm import unit
 
     settings = MDSettings(**settings_dict)
+    parent = os.getppid()
     system = load_system(Path(folder) / "system")
     platform = settings.platform or system.preferred_platform()
     rep = Path(folder) / f"rep{replica:03d}"
@@ -163,6 +165,8 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
         xyz = np.empty((n_frames, system.n_atoms, 3), dtype=np.float32)
         times = np.empty(n_frames, dtype=np.float32)
         for i in range(n_frames):
+            if os.getppid() != parent:  # the run was stopped: never write into a folder nobody watches
+                raise SystemExit(1)
             integrator.step(settings.steps_per_frame)
             st = ctx.getState(getPositions=True)
             xyz[i] = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
@@ -263,11 +267,26 @@ def simulate(system: str | System, out: str | os.PathLike, ns: float, replicas: 
     ctx = mp.get_context("spawn")
     queue = ctx.Manager().Queue() if progress else None
     total_ns = settings.ns * settings.replicas
-    with ctx.Pool(min(settings.replicas, os.cpu_count() or 1)) as pool:
-        results = [pool.apply_async(run_replica, (str(out), r, asdict(settings), queue)) for r in range(settings.replicas)]
-        _follow(results, queue, total_ns, settings.replicas)
-        frames = sum(r.get() for r in results)
-    return frames
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    try:
+        with ctx.Pool(min(settings.replicas, os.cpu_count() or 1)) as pool:  # terminated on any exit path
+            results = [pool.apply_async(run_replica, (str(out), r, asdict(settings), queue))
+                       for r in range(settings.replicas)]
+            _follow(results, queue, total_ns, settings.replicas)
+            return sum(r.get() for r in results)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _follow(results, queue, total_ns: float, replicas: int) -> None:

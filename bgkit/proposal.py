@@ -1,0 +1,108 @@
+"""A trained flow as a proposal for a molecular system: sample x ~ q and evaluate log q(x).
+
+A proposal file is a training checkpoint of :mod:`bgkit.train.loop` whose
+``extra`` entry holds everything needed to sample without the training
+configuration: the system (name, topology hash, atom count, temperature), the
+coordinate transform (atom count, global scale in nm) and the training data
+and command. ``log_q`` is returned in nm coordinates: a density on the
+centroid-free subspace, parametrised by the first N-1 centred atoms (see
+:mod:`bgkit.coords`), so ``log w = -u/kT - log q`` is consistent across
+ESS, NLL and free energies.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bgkit import BgkitError
+from bgkit.coords import CoordinateTransform
+from bgkit.systems import System, load_system
+
+PROPOSAL_KIND = "bgkit.proposal"
+
+
+def system_record(system: System) -> dict[str, Any]:
+    """What a proposal remembers about its system."""
+    return {"name": system.name, "topology_hash": system.topology_hash, "n_atoms": system.n_atoms,
+            "temperature_K": system.temperature}
+
+
+@dataclass
+class Proposal:
+    """Flow + coordinate transform + the system it was trained for."""
+
+    flow: torch.nn.Module
+    transform: CoordinateTransform
+    system_info: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)  #: training data, command, metrics, provenance
+    path: Path | None = None
+
+    # ------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str | os.PathLike, system: System | str | None = None, device: str = "cpu") -> "Proposal":
+        """Load a proposal; with ``system``, refuse one trained for another system."""
+        from bgkit.flows import build_flow
+        from bgkit.train.loop import load_checkpoint
+
+        path = Path(path)
+        ckpt = load_checkpoint(path, map_location="cpu")
+        extra = ckpt.get("extra") or {}
+        if extra.get("kind") != PROPOSAL_KIND:
+            raise BgkitError(f"{path} is a training checkpoint without system information, not a bgkit proposal")
+        flow_info = ckpt["flow"]
+        flow = build_flow(flow_info["arch"], int(flow_info["dim"]), **flow_info["hparams"])
+        try:
+            flow.load_state_dict(ckpt["model"])
+        except (RuntimeError, KeyError) as exc:
+            raise BgkitError(f"{path}: flow weights do not fit its architecture: {str(exc).splitlines()[0]}") from None
+        flow = flow.to(device=device, dtype=torch.float64 if extra.get("dtype") == "float64" else torch.float32).eval()
+        proposal = cls(flow, CoordinateTransform.from_dict(extra["transform"]), extra["system"],
+                       {"training": extra.get("training", {}), "metrics": ckpt.get("metrics", {}),
+                        "provenance": ckpt.get("provenance", {}), "config": ckpt.get("config", {}),
+                        "arch": flow_info["arch"], "hparams": flow_info["hparams"]}, path)
+        if system is not None:
+            proposal.check_system(load_system(system))
+        return proposal
+
+    def check_system(self, system: System) -> None:
+        """Raise BgkitError unless this proposal was trained for ``system``."""
+        mine = self.system_info
+        if mine["name"] != system.name or mine["topology_hash"] != system.topology_hash:
+            where = f" ({self.path})" if self.path else ""
+            raise BgkitError(
+                f"proposal{where} was trained for system '{mine['name']}' ({mine['n_atoms']} atoms), "
+                f"not for '{system.name}' ({system.n_atoms} atoms)"
+                + (" with a different topology" if mine["name"] == system.name else "")
+            )
+
+    # ------------------------------------------------------------ sampling
+    @property
+    def device(self) -> torch.device:
+        return next(self.flow.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.flow.parameters()).dtype
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """n samples: positions float64 [n, N, 3] (nm, centred) and log q (nm coordinates) float64 [n]."""
+        y, log_q_flow = self.flow.sample(n, generator=generator)
+        xyz = self.transform.from_flow(y.double())
+        log_q = log_q_flow.double() + self.transform.log_det_to_flow
+        return xyz.cpu().numpy(), log_q.cpu().numpy()
+
+    @torch.no_grad()
+    def log_prob(self, xyz: Any, batch_size: int = 4096) -> np.ndarray:
+        """log q of positions [B, N, 3] in nm (any translation), float64 [B]."""
+        out = []
+        x = torch.as_tensor(np.asarray(xyz), dtype=torch.float64)
+        for chunk in torch.split(x, batch_size):
+            y = self.transform.to_flow(chunk).to(device=self.device, dtype=self.dtype)
+            out.append(self.flow.log_prob(y).double().cpu() + self.transform.log_det_to_flow)
+        return torch.cat(out).numpy() if out else np.zeros(0)

@@ -1,0 +1,193 @@
+"""Draw samples from a proposal, score them with the system's energy and reweight.
+
+Flow sampling (torch, main process) and energy evaluation (OpenMM worker
+processes) are pipelined: the energies of one batch are computed while the
+next batch is drawn. Under torchrun each rank draws its share with its own
+seed and energy workers; rank 0 gathers everything.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bgkit import BgkitError
+from bgkit.proposal import Proposal
+from bgkit.reweight import ReweightResult, check_chirality, chiral_centres, chirality_signs, reweight
+from bgkit.systems import System, load_system
+
+
+@dataclass
+class SampleResult:
+    xyz: np.ndarray  #: [n, N, 3] float64 nm
+    log_q: np.ndarray  #: [n] log proposal density (nm coordinates)
+    energy_kt: np.ndarray  #: [n] reduced energies (+inf: invalid)
+    wrong_chirality: np.ndarray  #: [n] bool, samples with a mirrored chiral centre
+    weights: ReweightResult
+    seconds: float  #: wall time of drawing + energies
+    flow_seconds: float  #: time spent in the flow (sampling and log q)
+    energy_seconds: float  #: time spent waiting for energies (overlaps flow time)
+    n_invalid_energy: int
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.energy_kt)
+        return {
+            "n": n,
+            "ess": self.weights.ess,
+            "ess_fraction": self.weights.ess_fraction,
+            "ess_fraction_clipped": self.weights.ess_fraction_clipped,
+            "n_nonfinite": self.weights.n_nonfinite,
+            "n_invalid_energy": self.n_invalid_energy,
+            "n_wrong_chirality": int(self.wrong_chirality.sum()),
+            "n_clipped": self.weights.n_clipped,
+            "clip_fraction": self.weights.clip_fraction,
+            "n_resampled": int(self.weights.indices.size),
+            "seconds": self.seconds,
+            "samples_per_second": n / self.seconds if self.seconds > 0 else float("nan"),
+            "flow_seconds": self.flow_seconds,
+            "energy_seconds": self.energy_seconds,
+        }
+
+
+def _dist() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: int = 2000, seed: int = 0,
+         n_workers: int | None = None, chirality: str = "drop", clip_fraction: float = 0.002,
+         progress: bool = True) -> SampleResult | None:
+    """n samples with log q, energies and importance weights (rank 0 gets the result; other ranks None).
+
+    chirality: "drop" gives samples with a mirrored chiral centre zero weight (counted);
+    "keep" leaves them in (they have the same energy as their mirror image).
+    """
+    from tqdm import tqdm
+
+    from bgkit.energy import EnergyModel
+
+    if n < 1:
+        raise BgkitError(f"--n must be a positive number of samples, got {n}")
+    if batch_size < 1:
+        raise BgkitError(f"--batch-size must be positive, got {batch_size}")
+    if chirality not in ("drop", "keep"):
+        raise BgkitError(f"chirality must be 'drop' or 'keep', got {chirality!r}")
+    system = load_system(system)
+    proposal.check_system(system)
+    rank, world = _dist()
+    share = n // world + (1 if rank < n % world else 0)
+    generator = torch.Generator(device=proposal.device).manual_seed(int(seed) * 1000003 + rank)
+    workers = n_workers or max(1, (os.cpu_count() or 1) // world)
+    xyz, log_q, energies = [], [], []
+    flow_s = energy_s = 0.0
+    t0 = time.perf_counter()
+    n_invalid = 0
+    with EnergyModel(system, n_workers=workers) as model, ThreadPoolExecutor(1) as pool:
+        pending = None
+
+        def collect(fut) -> None:
+            nonlocal energy_s, n_invalid
+            t = time.perf_counter()
+            batch = fut.result()
+            energy_s += time.perf_counter() - t
+            energies.append(batch.energy_kt)
+            n_invalid += batch.n_invalid
+
+        bar = tqdm(total=share, unit="samples", desc="sample", disable=not progress or rank != 0, dynamic_ncols=True)
+        done = 0
+        while done < share:
+            b = min(batch_size, share - done)
+            t = time.perf_counter()
+            x, lq = proposal.sample(b, generator=generator)
+            flow_s += time.perf_counter() - t
+            if pending is not None:
+                collect(pending)
+            pending = pool.submit(model.evaluate, x)
+            xyz.append(x)
+            log_q.append(lq)
+            done += b
+            bar.update(b)
+        if pending is not None:
+            collect(pending)
+        bar.close()
+    seconds = time.perf_counter() - t0
+    local = (np.concatenate(xyz), np.concatenate(log_q), np.concatenate(energies), flow_s, energy_s, n_invalid, seconds)
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object(local, gathered, dst=0)
+        if rank != 0:
+            return None
+        xyz_all = np.concatenate([g[0] for g in gathered])
+        log_q_all = np.concatenate([g[1] for g in gathered])
+        e_all = np.concatenate([g[2] for g in gathered])
+        flow_s, energy_s = sum(g[3] for g in gathered), sum(g[4] for g in gathered)
+        n_invalid, seconds = sum(g[5] for g in gathered), max(g[6] for g in gathered)
+    else:
+        xyz_all, log_q_all, e_all = local[:3]
+    quads = chiral_centres(system.topology)
+    reference = chirality_signs(system.positions, quads)[0]
+    wrong = ~check_chirality(xyz_all, quads, reference) if len(quads) else np.zeros(len(e_all), dtype=bool)
+    e_for_weights = np.where(wrong, np.inf, e_all) if chirality == "drop" else e_all
+    weights = reweight(e_for_weights, log_q_all, clip_fraction=clip_fraction, seed=seed)
+    return SampleResult(xyz_all, log_q_all, e_all, wrong, weights, seconds, flow_s, energy_s, n_invalid)
+
+
+def write_sample_folder(result: SampleResult, system: System, out: str | Path, force: bool = False,
+                        extra: dict[str, Any] | None = None) -> Path:
+    """Write samples.h5, weights.npz and summary.json into ``out`` (complete or not at all)."""
+    import mdtraj
+
+    from bgkit.provenance import provenance
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise BgkitError(f"{out} exists: choose another --out or pass --force to replace it")
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        mdtraj.Trajectory(result.xyz.astype(np.float32), system.topology).save_hdf5(str(tmp / "samples.h5"))
+        np.savez(tmp / "weights.npz", log_q=result.log_q, energy_kt=result.energy_kt, log_w=result.weights.log_w,
+                 log_w_clipped=result.weights.log_w_clipped, resampled=result.weights.indices,
+                 wrong_chirality=result.wrong_chirality)
+        summary = {**result.summary(), "system": system.name, "topology_hash": system.topology_hash,
+                   "units": {"energy_kt": "kT (reduced)", "log_q": "log density in nm^-(3N-3), centroid-free",
+                             "positions": "nm"},
+                   **(extra or {}), "provenance": provenance(system=system.name)}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_sample_folder(folder: str | Path) -> dict[str, Any]:
+    """Arrays and summary of a folder written by ``bgkit sample``."""
+    folder = Path(folder)
+    for name in ("weights.npz", "summary.json", "samples.h5"):
+        if not (folder / name).is_file():
+            raise BgkitError(f"{folder} is not a bgkit sample folder: {name} missing")
+    with np.load(folder / "weights.npz") as z:
+        data = {k: z[k] for k in z.files}
+    data["summary"] = json.loads((folder / "summary.json").read_text())
+    data["samples"] = folder / "samples.h5"
+    return data
