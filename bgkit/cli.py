@@ -348,18 +348,23 @@ def sample(system_name, model, n, seed, batch_size, device, workers, out, force)
 
 @main.command()
 @_with_options(_sample_options)
-def evaluate(system_name, model, n, seed, batch_size, device, workers, out, force) -> None:
+@click.option("--data", default=None, help="Reference dataset (default: the system's shipped data); its test split is used.")
+def evaluate(system_name, model, n, seed, batch_size, device, workers, out, force, data) -> None:
     """Sample, then compare with the system's MD test split: metrics.json and figures."""
     from bgkit.data import load_dataset
     from bgkit.evaluate import compute_metrics, write_figures, write_metrics
     from bgkit.sample import write_sample_folder
+    from bgkit.systems import load_system
 
+    dataset = load_dataset(data or load_system(system_name).folder)  # fail before sampling, not after
+    if dataset.meta["topology_hash"] != load_system(system_name).topology_hash:
+        raise BgkitError(f"dataset {dataset.folder} belongs to another topology than system '{system_name}'")
+    dataset.xyz  # read (and check) the data now
     system, proposal, result, out = _draw(system_name, model, n, seed, batch_size, device, workers, out, force,
                                           f"bgkit-evaluate-{system_name if '/' not in system_name else 'custom'}")
     if result is None:
         return
     _print_summary(result)
-    dataset = load_dataset(system.folder)
     write_sample_folder(result, system, out, force, extra={"model": str(proposal.path), "seed": seed})
     metrics = compute_metrics(result, proposal, dataset, seed=seed)
     write_metrics(metrics, out)
