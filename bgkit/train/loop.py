@@ -76,7 +76,9 @@ class TrainConfig:
     step always validates and checkpoints). ``val_batch_size``: chunk size for
     validation. RegFlow only: ``reg`` ("fb" | "logdet" | None), ``reg_weight``
     (λ_r), ``noise_std`` (λ_n, target noise). ``device``: None picks
-    cuda:LOCAL_RANK when CUDA is available, else cpu.
+    cuda:LOCAL_RANK when CUDA is available, else cpu. ``max_seconds``: optional
+    wall-clock budget (s, counted over resumes); training stops at the first
+    step past it, validates and writes a final checkpoint.
     """
 
     steps: int = 20_000
@@ -97,29 +99,35 @@ class TrainConfig:
     reg_weight: float = 1e-6
     noise_std: float = 0.0
     device: str | None = None
+    max_seconds: float | None = None
 
     def validate(self) -> None:
         """Raise BgkitError naming the first invalid field."""
-        checks = [
-            ("steps", self.steps >= 1),
-            ("batch_size", self.batch_size >= 1),
-            ("lr", self.lr > 0),
-            ("weight_decay", self.weight_decay >= 0),
-            ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
-            ("warmup_steps", self.warmup_steps >= 0),
-            ("min_lr_factor", 0 <= self.min_lr_factor <= 1),
-            ("grad_clip", self.grad_clip is None or self.grad_clip > 0),
-            ("ema", 0 <= self.ema < 1),
-            ("val_every", self.val_every >= 1),
-            ("ckpt_every", self.ckpt_every >= 1),
-            ("val_batch_size", self.val_batch_size >= 1),
-            ("seed", self.seed >= 0),
-            ("objective", self.objective in OBJECTIVES),
-            ("reg", self.reg in REGULARISERS),
-            ("reg_weight", self.reg_weight >= 0),
-            ("noise_std", self.noise_std >= 0),
+        checks: list[tuple[str, Callable[[], bool]]] = [
+            ("steps", lambda: self.steps >= 1),
+            ("batch_size", lambda: self.batch_size >= 1),
+            ("lr", lambda: self.lr > 0),
+            ("weight_decay", lambda: self.weight_decay >= 0),
+            ("betas", lambda: len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
+            ("warmup_steps", lambda: self.warmup_steps >= 0),
+            ("min_lr_factor", lambda: 0 <= self.min_lr_factor <= 1),
+            ("grad_clip", lambda: self.grad_clip is None or self.grad_clip > 0),
+            ("ema", lambda: 0 <= self.ema < 1),
+            ("val_every", lambda: self.val_every >= 1),
+            ("ckpt_every", lambda: self.ckpt_every >= 1),
+            ("val_batch_size", lambda: self.val_batch_size >= 1),
+            ("seed", lambda: self.seed >= 0),
+            ("objective", lambda: self.objective in OBJECTIVES),
+            ("reg", lambda: self.reg in REGULARISERS),
+            ("reg_weight", lambda: self.reg_weight >= 0),
+            ("noise_std", lambda: self.noise_std >= 0),
+            ("max_seconds", lambda: self.max_seconds is None or self.max_seconds > 0),
         ]
-        for name, ok in checks:
+        for name, check in checks:
+            try:
+                ok = bool(check())
+            except TypeError:
+                ok = False
             if not ok:
                 raise BgkitError(f"invalid training config: {name}={getattr(self, name)!r}")
 
@@ -416,8 +424,10 @@ def train(
         out_path: checkpoint file, rewritten atomically every ``ckpt_every``
             steps and at the end (an existing file is replaced unless resuming).
         resume: continue from the checkpoint at ``out_path`` (BgkitError if
-            missing, or if it was written with another seed/batch/objective/
-            world size/data size).
+            missing, or if it was written with another optimiser/objective/
+            seed/batch config, world size or data size; ``steps``,
+            ``val_every``, ``ckpt_every``, ``val_batch_size`` and ``device``
+            may change — a new ``steps`` reshapes the cosine from then on).
         augment: optional ``augment(batch) -> batch``; ``batch`` is a tuple of
             [b, D] tensors — ``(x0, x1)`` for RegFlow, ``(x,)`` for MLE — and
             one random transform per row must be applied to every tensor of the
@@ -526,6 +536,9 @@ def _train(
             ema.update(flow)
             window.append(global_loss)
             is_last = step == cfg.steps
+            if cfg.max_seconds is not None and not is_last:  # wall-clock budget: every rank stops at the same step
+                over = float(time.perf_counter() - t0 + wall_before >= cfg.max_seconds)
+                is_last = bool(ctx.all_mean(torch.tensor([over], dtype=torch.float64, device=ctx.device))[0] > 0)
             if val is not None and (step % cfg.val_every == 0 or is_last):
                 last_val = _validate(ema.model, val, cfg, ctx)
                 history.append({"step": step, "train_loss": float(np.mean(window)), "val_loss": last_val,
@@ -546,10 +559,8 @@ def _train(
                 }
                 rng = ctx.gather(_get_rng(ctx.device))
                 if ctx.rank == 0:
-                    ckpt = _checkpoint(flow, ema, optimizer, scheduler, rng, cfg, ctx, n, step, is_last,
-                                       metrics, history, extra, flow_info)
-                    ckpt["loss_window"] = list(window)
-                    atomic_save(ckpt, out_path)
+                    atomic_save(_checkpoint(flow, ema, optimizer, scheduler, rng, cfg, ctx, n, step, is_last,
+                                            metrics, history, list(window), extra, flow_info), out_path)
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0 or is_last:
@@ -557,6 +568,8 @@ def _train(
                     if last_val is not None:
                         post["val"] = f"{last_val:.4g}"
                     bar.set_postfix(post, refresh=False)
+            if is_last:
+                break
     finally:
         if bar is not None:
             bar.close()
@@ -583,7 +596,8 @@ def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, ctx: _Dist, n: int, pa
 
 def _checkpoint(flow: nn.Module, ema: _EMA, optimizer: torch.optim.Optimizer, scheduler: Any, rng: list[Any],
                 cfg: TrainConfig, ctx: _Dist, n: int, step: int, final: bool, metrics: dict[str, Any],
-                history: list[dict[str, float]], extra: dict[str, Any], flow_info: dict[str, Any]) -> dict[str, Any]:
+                history: list[dict[str, float]], window: list[float], extra: dict[str, Any],
+                flow_info: dict[str, Any]) -> dict[str, Any]:
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": _CHECKPOINT_VERSION,
@@ -601,6 +615,7 @@ def _checkpoint(flow: nn.Module, ema: _EMA, optimizer: torch.optim.Optimizer, sc
         "world_size": ctx.world,
         "flow": flow_info,
         "history": _sanitize(history, "history"),
+        "loss_window": window,
         "metrics": _sanitize(metrics, "metrics"),
         "extra": extra,
         "provenance": _sanitize(provenance(seed=cfg.seed, objective=cfg.objective), "provenance"),
