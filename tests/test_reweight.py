@@ -1,0 +1,204 @@
+"""Tests for bgkit.reweight: log-weights, Kish ESS, clipping, resampling, SNIS, chirality."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bgkit import BgkitError
+from bgkit.reweight import (
+    check_chirality,
+    chiral_centres,
+    chirality_signs,
+    clip_log_weights,
+    ess_fraction,
+    kish_ess,
+    log_weights,
+    mirror,
+    normalized_weights,
+    resample,
+    reweight,
+    snis_mean,
+)
+
+
+def test_log_weights_values_and_nonfinite():
+    u = np.array([1.0, np.inf, np.nan, 2.0, 3.0])
+    lq = np.array([-0.5, 0.0, 0.0, np.nan, 1.0])
+    lw, n_bad = log_weights(u, lq)
+    assert n_bad == 3
+    np.testing.assert_allclose(lw[[0, 4]], [-0.5, -4.0])
+    assert np.all(np.isneginf(lw[[1, 2, 3]]))
+
+
+def test_log_weights_accepts_torch():
+    torch = pytest.importorskip("torch")
+    lw, n_bad = log_weights(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0], requires_grad=True))
+    np.testing.assert_allclose(lw, [-1.0, -2.0])
+    assert n_bad == 0 and lw.dtype == np.float64
+
+
+def test_log_weights_length_mismatch():
+    with pytest.raises(BgkitError):
+        log_weights(np.zeros(3), np.zeros(4))
+
+
+def test_ess_uniform_gives_n():
+    assert kish_ess(np.full(1000, -7.3)) == pytest.approx(1000.0)
+    assert ess_fraction(np.zeros(50)) == pytest.approx(1.0)
+
+
+def test_ess_one_dominant_weight():
+    lw = np.full(100, -np.inf)
+    lw[17] = 3.0
+    assert kish_ess(lw) == pytest.approx(1.0)
+    lw2 = np.full(100, -1e3)
+    lw2[3] = 0.0
+    assert kish_ess(lw2) == pytest.approx(1.0)
+    assert ess_fraction(lw) == pytest.approx(0.01)
+
+
+def test_ess_all_zero_and_inf_energies():
+    assert kish_ess(np.full(10, -np.inf)) == 0.0
+    u = np.array([0.0, 0.0, np.inf, 0.0])
+    lw, n_bad = log_weights(u, np.zeros(4))
+    assert n_bad == 1 and np.isneginf(lw[2])
+    assert kish_ess(lw) == pytest.approx(3.0)
+    assert ess_fraction(lw) == pytest.approx(0.75)
+
+
+def test_clip_count_and_which():
+    rng = np.random.default_rng(0)
+    lw = rng.normal(size=1000)
+    lw[:5] = -np.inf
+    clipped, n = clip_log_weights(lw, fraction=0.01)
+    assert n == int(np.floor(0.01 * 995)) == 9
+    assert np.isneginf(clipped).sum() == 5 + 9
+    top = np.argsort(lw)[-9:]
+    assert np.all(np.isneginf(clipped[top]))
+    keep = np.isfinite(clipped)
+    assert clipped[keep].max() <= np.sort(lw)[-10]
+    np.testing.assert_array_equal(clipped[keep], lw[keep])
+    assert clip_log_weights(lw, 0.0)[1] == 0
+    with pytest.raises(BgkitError):
+        clip_log_weights(lw, 1.5)
+
+
+def test_clip_ties():
+    clipped, n = clip_log_weights(np.zeros(1000), 0.002)
+    assert n == 2 and np.isneginf(clipped).sum() == 2
+
+
+def test_resample_frequencies_match_weights():
+    p = np.array([0.5, 0.25, 0.15, 0.1, 0.0])
+    with np.errstate(divide="ignore"):
+        lw = np.log(p) + 4.2
+    n = 20000
+    idx = resample(lw, n=n, seed=1)
+    counts = np.bincount(idx, minlength=5)
+    assert counts[4] == 0
+    chi2 = stats.chisquare(counts[:4], n * p[:4])
+    assert chi2.pvalue > 1e-3
+    np.testing.assert_array_equal(idx, resample(lw, n=n, seed=1))
+    assert resample(lw, seed=2).size == 5
+
+
+def test_resample_all_zero_raises():
+    with pytest.raises(BgkitError):
+        resample(np.full(4, -np.inf), seed=0)
+
+
+def test_normalized_weights_stable():
+    w = normalized_weights(np.array([1000.0, 1000.0, -np.inf]))
+    np.testing.assert_allclose(w, [0.5, 0.5, 0.0])
+
+
+def test_snis_gaussian_target_gaussian_proposal():
+    # target p = N(1, 0.5^2) (unnormalised), proposal q = N(0, 1.5^2); E_p[x] = 1, E_p[x^2] = 1.25
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.0, 1.5, size=20000)
+    u = (x - 1.0) ** 2 / (2 * 0.5**2)
+    log_q = stats.norm(0.0, 1.5).logpdf(x)
+    lw, _ = log_weights(u, log_q)
+    mean, se = snis_mean(np.stack([x, x**2], axis=1), lw)
+    assert mean.shape == (2,) and se.shape == (2,)
+    assert abs(mean[0] - 1.0) < 4 * se[0]
+    assert abs(mean[1] - 1.25) < 4 * se[1]
+    m1, s1 = snis_mean(x, lw)
+    assert isinstance(m1, float) and m1 == pytest.approx(mean[0]) and s1 == pytest.approx(se[0])
+    assert 0.0 < se[0] < 0.05
+
+
+def test_snis_ignores_nan_values_with_zero_weight():
+    m, se = snis_mean(np.array([1.0, np.nan, 3.0]), np.array([0.0, -np.inf, 0.0]))
+    assert m == pytest.approx(2.0)
+
+
+def test_reweight_bundle():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=5000)
+    u[:3] = np.nan
+    res = reweight(u, np.zeros(5000), clip_fraction=0.002, n_resample=1000, seed=0)
+    assert res.n_nonfinite == 3 and res.n_clipped == int(0.002 * 4997)
+    assert res.indices.shape == (1000,)
+    assert not np.isin(res.indices, [0, 1, 2]).any()
+    assert np.isfinite(res.log_w_clipped[res.indices]).all()
+    assert res.ess == pytest.approx(kish_ess(res.log_w))
+    assert res.ess_fraction == pytest.approx(res.ess / 5000)
+    assert res.summary()["n_resampled"] == 1000
+    with pytest.raises(BgkitError):
+        reweight(np.full(3, np.inf), np.zeros(3))
+
+
+# --------------------------------------------------------------------------- chirality
+
+
+@pytest.fixture(scope="module")
+def ala2():
+    logging.getLogger("pymbar").setLevel(logging.ERROR)  # openmmtools imports pymbar (banners)
+    mdtraj = pytest.importorskip("mdtraj")
+    testsystems = pytest.importorskip("openmmtools.testsystems")
+    import openmm.unit as unit
+
+    system = testsystems.AlanineDipeptideVacuum()
+    top = mdtraj.Topology.from_openmm(system.topology)
+    xyz = np.asarray(system.positions.value_in_unit(unit.nanometer))
+    return top, xyz
+
+
+def test_chirality_alanine_dipeptide(ala2):
+    top, xyz = ala2
+    quads = chiral_centres(top)
+    assert quads.shape == (1, 4)  # one CA (ALA); ACE / NME caps have none
+    names = [top.atom(int(i)).name for i in quads[0]]
+    assert names == ["N", "C", "CB", "CA"]
+    ref = chirality_signs(xyz, quads)[0]
+    np.testing.assert_array_equal(ref, [1.0])  # L-alanine is positive with this ordering
+    assert check_chirality(xyz, quads, ref).tolist() == [True]
+    assert check_chirality(mirror(xyz), quads, ref).tolist() == [False]
+
+
+def test_mirror_flips_every_sign_and_batch(ala2):
+    top, xyz = ala2
+    quads = chiral_centres(top)
+    rng = np.random.default_rng(0)
+    batch = xyz[None] + 0.002 * rng.normal(size=(8,) + xyz.shape)
+    signs = chirality_signs(batch, quads)
+    np.testing.assert_array_equal(chirality_signs(mirror(batch), quads), -signs)
+    mixed = np.concatenate([batch[:4], mirror(batch[4:])])
+    ref = chirality_signs(xyz, quads)[0]
+    assert check_chirality(mixed, quads, ref).tolist() == [True] * 4 + [False] * 4
+    bad = batch.copy()
+    bad[0, :, :] = np.nan
+    assert not check_chirality(bad, quads, ref)[0]
+
+
+def test_mirror_flips_random_quads():
+    rng = np.random.default_rng(1)
+    xyz = rng.normal(size=(5, 12, 3))
+    quads = np.array([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]])
+    np.testing.assert_array_equal(chirality_signs(mirror(xyz), quads), -chirality_signs(xyz, quads))
+    with pytest.raises(BgkitError):
+        check_chirality(xyz, quads, np.array([1.0, 1.0]))
