@@ -234,12 +234,14 @@ def targets_ot(system_name, data, n, block_size, seed, out, force) -> None:
 @click.option("--hparams", default="{}", help='Architecture hyperparameters as JSON, e.g. \'{"hidden": 128}\'.')
 @click.option("--max-frames", type=int, default=None, help="MLE: use at most this many train frames.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-seconds", type=float, default=None,
+              help="Stop (with a checkpoint) after this much wall time, even before --steps.")
 @click.option("--device", default=None, help="torch device (default: cuda if available).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def train(system_name, arch, objective, targets_path, data, steps, batch_size, lr, reg, reg_weight, noise, hparams,
-          max_frames, seed, device, out, resume, force) -> None:
+          max_frames, seed, max_seconds, device, out, resume, force) -> None:
     """Train a flow; the checkpoint --out is a self-contained proposal."""
     from bgkit.train.molecular import train_proposal
 
@@ -252,12 +254,36 @@ def train(system_name, arch, objective, targets_path, data, steps, batch_size, l
     cfg = {"steps": steps, "batch_size": batch_size, "lr": lr, "reg": None if reg == "none" else reg,
            "reg_weight": reg_weight, "noise_std": noise, "seed": seed, "device": device,
            "warmup_steps": min(500, steps // 10), "val_every": max(1, min(500, steps // 10)),
-           "ckpt_every": max(1, min(1000, steps // 5))}
+           "ckpt_every": max(1, min(1000, steps // 5)), "max_seconds": max_seconds}
     result = train_proposal(system_name, arch, objective, out, targets=targets_path, data=data,
                             max_frames=max_frames, hparams=hp, config_overrides=cfg, resume=resume)
     m = result.metrics
     click.echo(f"wrote {out}: {m.get('steps')} steps, final train loss {m.get('final_train_loss'):.4g}, "
                f"val loss {m.get('final_val_loss')}, {m.get('samples_per_s', 0):.0f} samples/s")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="metrics.json of `bgkit evaluate` to store in the proposal.")
+@click.option("--force", is_flag=True, help="Replace an existing OUT.")
+def export(checkpoint: Path, out: Path, metrics_path: Path | None, force: bool) -> None:
+    """Slim copy of a training CHECKPOINT for shipping (EMA weights + metadata, no optimiser state)."""
+    from bgkit.train.molecular import export_proposal
+
+    if not checkpoint.is_file():
+        raise BgkitError(f"checkpoint {checkpoint} does not exist")
+    if out.exists() and not force:
+        raise BgkitError(f"{out} exists: pass --force to replace it")
+    metrics = None
+    if metrics_path is not None:
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BgkitError(f"cannot read metrics {metrics_path}: {exc}") from None
+    export_proposal(checkpoint, out, metrics=metrics)
+    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
 # ---------------------------------------------------------------- sampling

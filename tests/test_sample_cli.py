@@ -89,6 +89,21 @@ def test_evaluate_metrics_and_figures(trained, tmp_path):
     assert r.returncode == 0 and (tmp_path / "r.png").stat().st_size > 1000
 
 
+def test_export_slims_checkpoint_and_keeps_behaviour(trained, tmp_path):
+    from bgkit.proposal import Proposal
+
+    slim = tmp_path / "slim.pt"
+    res = bgkit("export", trained / "m.pt", slim)
+    assert res.returncode == 0, res.stderr
+    assert slim.stat().st_size < (trained / "m.pt").stat().st_size
+    full, small = Proposal.load(trained / "m.pt"), Proposal.load(slim, system="ala2")
+    xyz, _ = full.sample(8)
+    np.testing.assert_allclose(small.log_prob(xyz), full.log_prob(xyz))
+    assert small.info["training"]["train_frames"] == full.info["training"]["train_frames"]
+    assert_one_line_error(bgkit("export", trained / "m.pt", slim), "--force")
+    assert_one_line_error(bgkit("export", tmp_path / "missing.pt", tmp_path / "x.pt"), "does not exist")
+
+
 def test_proposal_checks_its_system(trained):
     from bgkit.proposal import Proposal
 
