@@ -208,15 +208,20 @@ def targets() -> None:
 @click.option("--block-size", type=int, default=4096, show_default=True, help="Exact OT per block of this many pairs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--align/--no-align", default=True, show_default=True,
+              help="Relabel equivalent terminal atoms (methyl H, ...) of each target to its prior draw.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out.")
-def targets_ot(system_name, data, n, block_size, seed, out, force) -> None:
+def targets_ot(system_name, data, n, block_size, seed, out, force, align) -> None:
     """Exact optimal-transport pairs (prior sample -> training frame)."""
     from bgkit.train.molecular import make_ot_targets
 
     if out.exists() and not force:
         raise BgkitError(f"{out} exists: pass --force to overwrite it")
-    info = make_ot_targets(system_name, out, data=data, n=n, block_size=block_size, seed=seed)
-    click.echo(f"wrote {out}: {info['frames']} OT pairs (blocks of {block_size}) in {info['seconds']:.1f} s")
+    info = make_ot_targets(system_name, out, data=data, n=n, block_size=block_size, seed=seed, align=align)
+    click.echo(f"wrote {out}: {info['frames']} OT pairs (blocks of {block_size}) in {info['seconds']:.1f} s; "
+               f"{len(info['aligned_groups'])} equivalent atom groups aligned ({info['relabelled_pairs']} pairs "
+               f"relabelled)" + (f", {len(info['rejected_groups'])} groups rejected (energy not invariant)"
+                                 if info["rejected_groups"] else ""))
 
 
 @main.command()

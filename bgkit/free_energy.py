@@ -247,8 +247,10 @@ def delta_f_reweighting(mask_a: Any, mask_b: Any, log_w: Any) -> tuple[float, fl
     if not (math.isfinite(lse_a) and math.isfinite(lse_b)):
         return float(_neg_log_ratio(np.exp(lse_b), np.exp(lse_a))), math.inf
     n = lw.size
-    p_a = np.where(a, np.exp(lw - lse_a), 0.0)
-    p_b = np.where(b, np.exp(lw - lse_b), 0.0)
+    p_a = np.zeros(lw.size)
+    p_b = np.zeros(lw.size)
+    p_a[a] = np.exp(lw[a] - lse_a)  # only inside each state: outside, lw - lse may overflow
+    p_b[b] = np.exp(lw[b] - lse_b)
     var = n / (n - 1) * np.sum((p_b - p_a) ** 2) if n > 1 else math.inf
     return float(-(lse_b - lse_a)), float(math.sqrt(var))
 

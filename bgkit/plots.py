@@ -153,7 +153,9 @@ def ramachandran_panels(
     datasets: {label: (phi, psi) or (phi, psi, weights)} with phi, psi [n]
     for one residue or [n, n_pairs] for several (ala3/ala4): rows are φ/ψ
     pairs, columns are datasets. One colourbar labelled "free energy / kT";
-    its maximum is ``vmax_kt`` or the largest finite value over all panels.
+    its maximum is ``vmax_kt`` or the largest finite value of the first
+    dataset (the reference), so a poor proposal's 100s of kT cannot wash out the
+    reference's structure; higher values take the top colour (extended bar).
     """
     if not datasets:
         raise BgkitError("no datasets to plot")
@@ -174,8 +176,10 @@ def ramachandran_panels(
             grids[label].append(free)
     if pair_labels is not None and len(pair_labels) != n_pairs:
         raise BgkitError(f"{len(pair_labels)} pair labels for {n_pairs} φ/ψ pairs")
-    vmax = vmax_kt if vmax_kt is not None else max(float(np.nanmax(g)) for gs in grids.values() for g in gs)
+    first = next(iter(grids.values()))
+    vmax = vmax_kt if vmax_kt is not None else max(float(np.nanmax(g)) for g in first)
     vmax = float(vmax) if vmax > 0 else 1.0
+    overflow = any(float(np.nanmax(g)) > vmax for gs in grids.values() for g in gs)
     n_cols = len(grids)
     fig = _figure(3.2 * n_cols + 1.0, 3.0 * n_pairs + (0.4 if title else 0.0))
     axes = fig.subplots(n_pairs, n_cols, squeeze=False)
@@ -189,7 +193,7 @@ def ramachandran_panels(
             _style_torsion_axes(ax, f"φ{suffix} / rad", f"ψ{suffix} / rad")
             if r == 0:
                 ax.set_title(label)
-    fig.colorbar(mesh, ax=axes.ravel().tolist(), label=FREE_ENERGY_LABEL)
+    fig.colorbar(mesh, ax=axes.ravel().tolist(), label=FREE_ENERGY_LABEL, extend="max" if overflow else "neither")
     if title:
         fig.suptitle(title)
     _save(fig, out_path)

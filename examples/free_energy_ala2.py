@@ -23,6 +23,7 @@ def main() -> None:
     from bgkit.evaluate import pairs
     from bgkit.free_energy import ALA2_STATES, delta_f_counting, delta_f_reweighting, state_masks
     from bgkit.proposal import Proposal
+    from bgkit.reweight import kish_ess
     from bgkit.sample import draw
     from bgkit.systems import load_system
 
@@ -45,12 +46,15 @@ def main() -> None:
     log_w = result.weights.log_w
     print(f"{system.name}: MD {dataset.n_frames} frames ({dataset.simulated_ns:.0f} ns); "
           f"proposal {args.n} samples, ESS {result.weights.ess:.0f} ({result.weights.ess_fraction:.4f})")
+    ess = {s: kish_ess(log_w[m]) if m.any() else 0.0 for s, m in bg.items()}
+    print("ESS within each state: " + ", ".join(f"{s} {e:.1f}" for s, e in ess.items()))
     print(f"{'ΔF (kT)':22s} {'MD counting':>18s} {'BG reweighted':>18s} {'BG unweighted':>14s}")
     for target in ("alpha_R", "alpha_L"):
         f_md, e_md = delta_f_counting(md["C7eq_beta"], md[target])
         f_bg, e_bg = delta_f_reweighting(bg["C7eq_beta"], bg[target], log_w)
         f_raw, _ = delta_f_reweighting(bg["C7eq_beta"], bg[target], np.zeros(args.n))
-        print(f"{'C7eq/β -> ' + target:22s} {f_md:9.3f} ± {e_md:6.3f} {f_bg:9.3f} ± {e_bg:6.3f} {f_raw:14.3f}")
+        flag = "" if min(ess["C7eq_beta"], ess[target]) >= 10 else "  (ESS < 10 in a state: unreliable)"
+        print(f"{'C7eq/β -> ' + target:22s} {f_md:9.3f} ± {e_md:6.3f} {f_bg:9.3f} ± {e_bg:6.3f} {f_raw:14.3f}{flag}")
 
 
 if __name__ == "__main__":

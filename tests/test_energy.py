@@ -224,6 +224,7 @@ def test_keyboard_interrupt_stops_workers_without_hang():
         import os, signal, threading, numpy as np
         from bgkit.energy import EnergyModel
         if __name__ == "__main__":
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent may ignore SIGINT
             m = EnergyModel("ala2", n_workers=2, chunk_size=64)
             pids = m.pids
             x = np.repeat(m.system.positions[None], 200000, axis=0)

@@ -230,3 +230,18 @@ def test_bar_pymbar_failures_raise(monkeypatch):
     with pytest.raises(BgkitError):
         bar_estimate(w_f, w_r)
     assert np.geterr() == before
+
+
+def test_reweighting_with_a_dominant_weight_outside_a_state_is_finite_and_silent():
+    import warnings
+
+    from bgkit.free_energy import delta_f_reweighting
+
+    a = np.array([True, True, False, False])
+    b = ~a
+    log_w = np.array([800.0, 0.0, -5.0, -5.0])  # exp(800 - lse_B) overflows if evaluated outside B
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f, err = delta_f_reweighting(a, b, log_w)
+    assert np.isclose(f, -(np.logaddexp(-5.0, -5.0) - np.logaddexp(800.0, 0.0)))
+    assert np.isfinite(err)

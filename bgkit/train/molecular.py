@@ -40,8 +40,13 @@ def rotate_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: int | None = None,
-                    block_size: int = 4096, seed: int = 0) -> dict[str, Any]:
-    """Exact-OT RegFlow targets for the train split of ``data`` (default: the system's shipped data)."""
+                    block_size: int = 4096, seed: int = 0, align: bool = True) -> dict[str, Any]:
+    """Exact-OT RegFlow targets for the train split of ``data`` (default: the system's shipped data).
+
+    With ``align`` (default) the equivalent terminal atoms of each target frame (methyl
+    hydrogens, ...) are relabelled to the permutation nearest to its prior draw
+    (:mod:`bgkit.symmetry`); the groups, checked for energy invariance, are recorded.
+    """
     from bgkit.provenance import provenance
     from bgkit.train.targets import ot_pairs, save_targets
 
@@ -56,8 +61,15 @@ def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: in
     t0 = time.time()
     x0, x1 = ot_pairs(y, seed=seed, block_size=block_size)
     seconds = time.time() - t0
+    groups, rejected, relabelled = [], [], 0
+    if align:
+        from bgkit.symmetry import align_groups, equivalent_groups
+
+        groups, rejected = equivalent_groups(sys_, xyz[np.linspace(0, len(xyz) - 1, 4).round().astype(int)])
+        x1, relabelled = align_groups(x0, x1, groups)
     info = {"system": system_record(sys_), "transform": transform.state_dict(), "dataset": str(dataset.folder),
-            "split": "train", "frames": len(xyz), "block_size": block_size, "seconds": seconds}
+            "split": "train", "frames": len(xyz), "block_size": block_size, "seconds": seconds,
+            "aligned_groups": groups, "rejected_groups": rejected, "relabelled_pairs": relabelled}
     save_targets(out, x0, x1, provenance(seed=seed, **info), kind="ot")
     return info
 
@@ -87,14 +99,20 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         train_data = (torch.as_tensor(t.x0), torch.as_tensor(t.x1))
         y_val = transform.to_flow(torch.as_tensor(val_xyz)).numpy()
         v0, v1 = ot_pairs(y_val, seed=cfg.seed + 1, block_size=1000)
+        if prov.get("aligned_groups"):  # validate on pairs made like the training pairs
+            from bgkit.symmetry import align_groups
+
+            v1, _ = align_groups(v0, v1, prov["aligned_groups"])
         val_data = (torch.as_tensor(v0), torch.as_tensor(v1))
         n_train = len(t.x0)
+        targets_record = _targets_record(prov)
     elif objective == "mle":
         xyz = _frames(dataset, "train", max_frames, cfg.seed)
         transform = CoordinateTransform.fit(xyz)
         train_data = transform.to_flow(torch.as_tensor(xyz)).float()
         val_data = transform.to_flow(torch.as_tensor(val_xyz)).float()
         n_train = len(xyz)
+        targets_record = None
     else:
         raise BgkitError(f"unknown objective '{objective}': choose regflow or mle")
     if isinstance(train_data, tuple):
@@ -107,10 +125,17 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         "transform": transform.state_dict(),
         "training": {"command": " ".join(sys.argv), "dataset": str(dataset.folder),
                      "dataset_frames": dataset.n_frames, "train_frames": n_train, "targets": targets,
-                     "objective": objective, "arch": arch},
+                     "targets_provenance": targets_record, "objective": objective, "arch": arch},
     }
     return train(flow, train_data, val_data, cfg, out, resume=resume, augment=lambda batch: rotate_rows(*batch),
                  extra_checkpoint=extra, progress=progress)
+
+
+def _targets_record(prov: dict[str, Any]) -> dict[str, Any]:
+    """What a proposal keeps of its targets' provenance: how they were made."""
+    keys = ("command", "seed", "time_utc", "bgkit_version", "dataset", "split", "frames", "block_size",
+            "aligned_groups", "rejected_groups", "relabelled_pairs")
+    return {k: prov[k] for k in keys if k in prov}
 
 
 def export_proposal(checkpoint: str | Path, out: str | Path, metrics: dict | None = None) -> Path:
@@ -119,6 +144,13 @@ def export_proposal(checkpoint: str | Path, out: str | Path, metrics: dict | Non
     from bgkit.train.loop import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
+    training = ckpt.get("extra", {}).get("training", {})
+    if training.get("targets") and training.get("targets_provenance") is None:  # checkpoints of bgkit <= 0.1.0
+        from bgkit.train.targets import load_targets
+
+        path = Path(training["targets"])
+        if path.is_file():
+            training["targets_provenance"] = _targets_record(load_targets(path).provenance)
     slim = {k: v for k, v in ckpt.items() if k not in ("raw_model", "optimizer", "scheduler", "rng")}
     if metrics:
         slim["metrics"] = {**slim.get("metrics", {}), **json.loads(json.dumps(metrics))}
