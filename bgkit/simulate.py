@@ -298,19 +298,19 @@ def _follow(results, queue, total_ns: float, replicas: int) -> None:
             r.wait()
         return
     done = [0.0] * replicas
-    start, start_ns = time.time(), None
+    base: dict[int, tuple[float, float]] = {}  # replica -> (time, ns) of its first report (a resumed run's start)
     with tqdm(total=round(total_ns, 3), unit="ns", desc="MD", dynamic_ncols=True) as bar:
         while not all(r.ready() for r in results):
             try:
                 rep, ns_done = queue.get(timeout=0.5)
             except Exception:  # queue.Empty
                 continue
-            if start_ns is None:
-                start_ns = sum(done)
+            now = time.time()
+            base.setdefault(rep, (now, ns_done))
             done[rep] = ns_done
             bar.n = round(sum(done), 3)
-            elapsed = time.time() - start
-            rate = (sum(done) - start_ns) / elapsed * 86400.0 / max(replicas, 1) if elapsed > 0 else 0.0
+            rates = [(done[r] - ns0) / (now - t0) * 86400.0 for r, (t0, ns0) in base.items() if now > t0]
+            rate = sum(rates) / len(rates) if rates else 0.0
             bar.set_postfix_str(f"{rate:.0f} ns/day per replica")
             bar.refresh()
         for r in results:

@@ -41,7 +41,7 @@ def terminal_groups(system, exclude_last: bool = True) -> list[list[int]]:
     top = system.openmm_topology
     last = system.n_atoms - 1
     degree: dict[int, int] = {}
-    bonds = [(a, b) for a, b in top.bonds()]
+    bonds = [(a, b) for a, b in top.bonds()]  # openmm Bond tuples
     for a, b in bonds:
         degree[a.index] = degree.get(a.index, 0) + 1
         degree[b.index] = degree.get(b.index, 0) + 1
@@ -56,7 +56,7 @@ def terminal_groups(system, exclude_last: bool = True) -> list[list[int]]:
 
 
 def equivalent_groups(system, frames: np.ndarray, atol_kt: float = 1e-3,
-                               rtol: float = 1e-6) -> tuple[list[list[int]], list[list[int]]]:
+                      rtol: float = 1e-6) -> tuple[list[list[int]], list[list[int]]]:
     """The terminal groups whose label swaps leave the reduced energy unchanged.
 
     Args:
