@@ -156,13 +156,27 @@ def energy(system_name: str, traj: Path, out: Path | None, workers: int | None, 
 @click.option("--equilibrate", type=float, default=100.0, show_default=True, help="Equilibration before saving (ps).")
 @click.option("--step", type=float, default=1.0, show_default=True, help="Time step (fs).")
 @click.option("--platform", default=None, help="OpenMM platform (default: fastest for the system).")
-def simulate(system_name, ns, replicas, out, seed, friction, save_every, chunk, equilibrate, step, platform) -> None:
+@click.option("--replica-exchange", "exchange", type=int, default=0, show_default=True,
+              help="Parallel tempering over this many temperatures per replica (0: plain MD); "
+                   "swaps every --save-every, only the system's temperature is saved.")
+@click.option("--t-max", type=float, default=None, help="Highest replica-exchange temperature (K); geometric ladder.")
+def simulate(system_name, ns, replicas, out, seed, friction, save_every, chunk, equilibrate, step, platform,
+             exchange, t_max) -> None:
     """Reference Langevin MD; run the same command again to resume an interrupted run."""
     from bgkit.simulate import simulate as run
 
     frames = run(system_name, out, ns=ns, replicas=replicas, seed=seed, friction_per_ps=friction,
-                 save_every_ps=save_every, chunk_ps=chunk, equilibrate_ps=equilibrate, step_fs=step, platform=platform)
+                 save_every_ps=save_every, chunk_ps=chunk, equilibrate_ps=equilibrate, step_fs=step, platform=platform,
+                 exchange_temperatures=exchange, t_max=t_max)
     click.echo(f"{out}: {frames} frames in {replicas} replica(s)")
+    if exchange >= 2:
+        from bgkit.replica_exchange import acceptance
+
+        for stats_path in sorted(out.glob("rep*/exchange.json")):
+            stats = json.loads(stats_path.read_text())
+            ladder = ", ".join(f"{t:.0f}" for t in stats["temperatures_K"])
+            rates = ", ".join(f"{r:.2f}" for r in acceptance(stats))
+            click.echo(f"{stats_path.parent.name}: temperatures {ladder} K; neighbour swap acceptance {rates}")
 
 
 # -------------------------------------------------------------------- data

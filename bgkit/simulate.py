@@ -51,6 +51,8 @@ class MDSettings:
     chunk_ps: float = 1000.0
     equilibrate_ps: float = 100.0
     platform: str | None = None
+    #: parallel tempering: ascending temperatures (K), the first the system's; None for plain MD
+    temperatures_K: list[float] | None = None
 
     @property
     def steps_per_frame(self) -> int:
@@ -75,6 +77,9 @@ class MDSettings:
             raise BgkitError(f"--save-every {self.save_every_ps} ps is not a whole number of {self.step_fs} fs steps")
         if abs(self.frames_per_chunk * self.save_every_ps - self.chunk_ps) > 1e-6:
             raise BgkitError(f"chunk length {self.chunk_ps} ps is not a whole number of frames")
+        t = self.temperatures_K
+        if t is not None and (len(t) < 2 or any(b <= a for a, b in zip(t, t[1:]))):
+            raise BgkitError("replica-exchange temperatures must be at least 2 and strictly increasing")
 
 
 def _atomic(path: Path, write) -> None:
@@ -107,9 +112,44 @@ def _chunk_seed(seed: int, replica: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, replica, chunk + 1]).generate_state(1)[0] % (2**31 - 2)) + 1
 
 
+def _clean_incomplete(rep: Path, done: int | None) -> None:
+    """Remove the files of chunks that were started but not completed (and stray temporary files)."""
+    for f in rep.glob("chunk*"):
+        if f.name.endswith(".tmp") or done is None or int(f.stem[5:10]) >= done:
+            f.unlink()
+    for f in rep.glob(".*.tmp"):
+        f.unlink()
+
+
+def _scorer(system: System, platform: str):
+    """A Context that scores positions at the system's temperature."""
+    import openmm
+
+    props = {"Threads": "1"} if platform == "CPU" else {}
+    return openmm.Context(openmm.XmlSerializer.deserialize(system.system_xml), openmm.VerletIntegrator(0.001),
+                          openmm.Platform.getPlatformByName(platform), props)
+
+
+def _write_chunk(rep: Path, k: int, system: System, xyz: np.ndarray, times: np.ndarray, scorer) -> None:
+    """Write chunk ``k``: frames [n, N, 3] nm (XTC, atomically), then the reduced energies of the *stored* frames."""
+    import mdtraj
+    from openmm import unit
+
+    xtc = rep / f"chunk{k:05d}.xtc"
+    tmp = rep / f".chunk{k:05d}.xtc.tmp"
+    with mdtraj.formats.XTCTrajectoryFile(str(tmp), "w") as fh:
+        fh.write(xyz, time=times)
+    os.replace(tmp, xtc)
+    stored = mdtraj.load(str(xtc), top=system.topology).xyz.astype(np.float64)
+    energies = np.empty(len(stored))
+    for i, frame in enumerate(stored):  # score what is stored, so data and energies agree exactly
+        scorer.setPositions(frame)
+        energies[i] = scorer.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / system.kT
+    _atomic(rep / f"chunk{k:05d}.npy", lambda fh: np.save(fh, energies))
+
+
 def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=None) -> int:
     """Run (or resume) one replica to completion; returns the number of frames it holds."""
-    import mdtraj
     import openmm
     from openmm import unit
 
@@ -121,17 +161,9 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
     rep.mkdir(parents=True, exist_ok=True)
     progress_path = rep / "progress.json"
     done = json.loads(progress_path.read_text())["chunks_done"] if progress_path.exists() else None
-    # remove files of chunks that were started but not completed
-    for f in rep.glob("chunk*"):
-        if f.name.endswith(".tmp") or done is None or int(f.stem[5:10]) >= done:
-            f.unlink()
-    for f in rep.glob(".*.tmp"):
-        f.unlink()
+    _clean_incomplete(rep, done)
     omm_system = openmm.XmlSerializer.deserialize(system.system_xml)
-    props = {"Threads": "1"} if platform == "CPU" else {}
-    scorer = openmm.Context(openmm.XmlSerializer.deserialize(system.system_xml), openmm.VerletIntegrator(0.001),
-                            openmm.Platform.getPlatformByName(platform), props)
-    kT = system.kT
+    scorer = _scorer(system, platform)
     if done is None:  # fresh start: minimise, equilibrate (not saved)
         ctx, integrator = _make_context(system, omm_system, settings, platform, _chunk_seed(settings.seed, replica, -1))
         ctx.setPositions(system.positions)
@@ -151,7 +183,6 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
         state_xml = (rep / "state.xml").read_text()
     if progress_queue is not None and done:
         progress_queue.put((replica, done * settings.chunk_ps / 1000.0))
-    top = system.topology
     n_chunks = settings.n_chunks
     for k in range(done, n_chunks):
         # every chunk starts from the serialised state with freshly seeded noise, so an interrupted and
@@ -173,17 +204,7 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
             times[i] = st.getTime().value_in_unit(unit.picosecond)
         if not np.isfinite(xyz).all():
             raise BgkitError(f"replica {replica}: the simulation blew up (non-finite positions) in chunk {k}")
-        xtc = rep / f"chunk{k:05d}.xtc"
-        tmp = rep / f".chunk{k:05d}.xtc.tmp"
-        with mdtraj.formats.XTCTrajectoryFile(str(tmp), "w") as fh:
-            fh.write(xyz, time=times)
-        os.replace(tmp, xtc)
-        stored = mdtraj.load(str(xtc), top=top).xyz.astype(np.float64)
-        energies = np.empty(n_frames)
-        for i, frame in enumerate(stored):  # score what is stored, so data and energies agree exactly
-            scorer.setPositions(frame)
-            energies[i] = scorer.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / kT
-        _atomic(rep / f"chunk{k:05d}.npy", lambda fh: np.save(fh, energies))
+        _write_chunk(rep, k, system, xyz, times, scorer)
         state_xml = openmm.XmlSerializer.serialize(ctx.getState(getPositions=True, getVelocities=True))
         _atomic(rep / "state.xml", lambda fh: fh.write(state_xml.encode()))
         del ctx, integrator
@@ -203,7 +224,7 @@ def prepare(out: Path, system: System, settings: MDSettings) -> None:
     meta_path = out / "dataset.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        old = dict(meta["settings"])
+        old = {"temperatures_K": None, **meta["settings"]}  # datasets written before replica exchange existed
         new = asdict(settings)
         for key in ("ns", "replicas"):  # a run may be extended: more ns or more replicas
             old.pop(key), new.pop(key)
@@ -236,6 +257,12 @@ def prepare(out: Path, system: System, settings: MDSettings) -> None:
         "temperature_K": system.temperature,
         "kT_kJ_per_mol": system.kT,
         "integrator": "LangevinMiddleIntegrator",
+        "replica_exchange": None if settings.temperatures_K is None else {
+            "method": "parallel tempering (openmmtools.multistate.ParallelTemperingSampler, LangevinDynamicsMove)",
+            "temperatures_K": list(settings.temperatures_K),
+            "exported_temperature_K": settings.temperatures_K[0],
+            "exchange_every_ps": settings.save_every_ps,
+        },
         "constraints": system.spec.constraints,
         "platform": settings.platform or system.preferred_platform(),
         "settings": asdict(settings),
@@ -250,18 +277,34 @@ def prepare(out: Path, system: System, settings: MDSettings) -> None:
 def simulate(system: str | System, out: str | os.PathLike, ns: float, replicas: int = 1, seed: int = 0,
              friction_per_ps: float | None = None, save_every_ps: float = 1.0, chunk_ps: float = 1000.0,
              equilibrate_ps: float = 100.0, step_fs: float = 1.0, platform: str | None = None,
-             progress: bool = True) -> int:
+             exchange_temperatures: int = 0, t_max: float | None = None, progress: bool = True) -> int:
     """Run or resume reference MD of ``replicas`` independent replicas in parallel processes.
+
+    With ``exchange_temperatures`` N >= 2 each replica is a parallel-tempering run
+    over N temperatures geometrically spaced from the system's temperature to
+    ``t_max`` (K), exchanging every frame interval, and only the system's
+    temperature is exported (:mod:`bgkit.replica_exchange`).
 
     Returns the total number of frames stored. Re-running the same call after
     an interruption continues where it stopped; a larger ``ns`` extends it.
     """
     sys_ = load_system(system)
+    temperatures = None
+    if exchange_temperatures and exchange_temperatures != 1:
+        from bgkit.replica_exchange import temperature_ladder
+
+        if exchange_temperatures < 0:
+            raise BgkitError("--replica-exchange must be a number of temperatures >= 2 (0: plain MD)")
+        if t_max is None:
+            raise BgkitError("--replica-exchange needs --t-max (the highest temperature, K)")
+        temperatures = temperature_ladder(sys_.temperature, float(t_max), int(exchange_temperatures))
+    elif t_max is not None:
+        raise BgkitError("--t-max only applies with --replica-exchange N (N >= 2 temperatures)")
     if friction_per_ps is None:
         friction_per_ps = float(sys_.spec.md.get("friction_per_ps", DEFAULT_FRICTION))
     settings = MDSettings(system=sys_.name, ns=float(ns), replicas=int(replicas), seed=int(seed), step_fs=step_fs,
                           friction_per_ps=friction_per_ps, save_every_ps=save_every_ps, chunk_ps=chunk_ps,
-                          equilibrate_ps=equilibrate_ps, platform=platform)
+                          equilibrate_ps=equilibrate_ps, platform=platform, temperatures_K=temperatures)
     out = Path(out)
     prepare(out, sys_, settings)
     ctx = mp.get_context("spawn")
@@ -270,7 +313,11 @@ def simulate(system: str | System, out: str | os.PathLike, ns: float, replicas: 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
         with ctx.Pool(min(settings.replicas, os.cpu_count() or 1)) as pool:  # terminated on any exit path
-            results = [pool.apply_async(run_replica, (str(out), r, asdict(settings), queue))
+            if temperatures is None:
+                worker = run_replica
+            else:
+                from bgkit.replica_exchange import run_exchange_replica as worker
+            results = [pool.apply_async(worker, (str(out), r, asdict(settings), queue))
                        for r in range(settings.replicas)]
             _follow(results, queue, total_ns, settings.replicas)
             return sum(r.get() for r in results)

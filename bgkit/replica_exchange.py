@@ -1,0 +1,222 @@
+"""Parallel tempering (temperature replica exchange) for reference MD, through openmmtools.multistate.
+
+One parallel-tempering run is what ``bgkit simulate --replica-exchange N`` runs
+in each of its ``--replicas`` folders: N copies of the system at temperatures
+geometrically spaced from the system's temperature to ``--t-max``, each
+propagated with OpenMM's LangevinMiddleIntegrator (openmmtools
+``LangevinDynamicsMove``) for one frame interval, then neighbour swaps
+accepted with the Metropolis criterion (openmmtools
+``ParallelTemperingSampler``). Only the configurations at the lowest (the
+system's) temperature are exported, in exactly the chunk format of plain MD
+(see :mod:`bgkit.simulate`), so every dataset tool reads them unchanged::
+
+    OUT/rep000/chunk00000.xtc       target-temperature frames (nm), one per exchange iteration
+    OUT/rep000/chunk00000.npy       their reduced energies u/kT at the target temperature
+    OUT/rep000/exchange_state.npz   positions/velocities of every temperature after the last chunk
+    OUT/rep000/exchange.json        temperatures and swap acceptance, accumulated over chunks
+    OUT/rep000/progress.json        {"chunks_done": k, ...}, written last
+
+openmmtools' own netCDF storage is scratch space for one chunk: it is created
+fresh from ``exchange_state.npz`` when a chunk starts and deleted when the
+chunk's files are written, so a run killed at any moment resumes from its last
+completed chunk with no lost or duplicated frames. Unlike plain MD the
+resumed trajectory is statistically, not bitwise, equal to an uninterrupted
+one: openmmtools seeds its Langevin integrators at random.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from bgkit import BgkitError
+
+
+def temperature_ladder(t_min: float, t_max: float, n: int) -> list[float]:
+    """``n`` temperatures (K) geometrically spaced from ``t_min`` to ``t_max`` (both included)."""
+    if n < 2:
+        raise BgkitError("replica exchange needs at least 2 temperatures")
+    if not t_max > t_min:
+        raise BgkitError(f"--t-max ({t_max} K) must exceed the system's temperature ({t_min} K)")
+    return [float(t) for t in np.geomspace(t_min, t_max, n)]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """openmmtools prints citations, pymbar a banner and both warnings; keep the user's terminal clean."""
+    import warnings
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*experimental.*")
+        warnings.filterwarnings("ignore", message=".*statistical inefficiency.*")
+        yield
+
+
+def run_iterations(omm_system, temperatures: list[float], positions: np.ndarray, velocities: np.ndarray | None,
+                   n_iterations: int, steps_per_iteration: int, friction_per_ps: float, step_fs: float,
+                   platform: str, scratch: Path, seed: int) -> dict:
+    """Run ``n_iterations`` parallel-tempering iterations from one configuration per temperature.
+
+    Args:
+        positions: [T, N, 3] nm, configuration at each temperature (ascending order).
+        velocities: [T, N, 3] nm/ps, or None to draw them from each temperature's Maxwell-Boltzmann distribution.
+        scratch: folder for openmmtools' netCDF storage (deleted afterwards).
+        seed: seeds numpy's global generator, which openmmtools uses for the swap decisions.
+
+    Returns:
+        dict with ``frames`` [n_iterations, N, 3] (the configuration at the lowest
+        temperature after each iteration's swaps), ``positions``/``velocities``
+        [T, N, 3] after the last iteration, and ``accepted``/``proposed`` [T, T]
+        swap counts.
+    """
+    import openmm
+    from openmm import unit
+
+    with _quiet():
+        from openmmtools import cache, mcmc, multistate, states
+
+    n_temp = len(temperatures)
+    scratch.mkdir(parents=True, exist_ok=True)
+    storage = scratch / "pt.nc"
+    for f in scratch.glob("pt*.nc"):
+        f.unlink()
+    props = {"Threads": "1"} if platform == "CPU" else {}
+    plat = openmm.Platform.getPlatformByName(platform)
+    reference = states.ThermodynamicState(system=omm_system, temperature=temperatures[0] * unit.kelvin)
+    if velocities is None:
+        masses = np.array([omm_system.getParticleMass(i).value_in_unit(unit.dalton)
+                           for i in range(omm_system.getNumParticles())])
+        kt = np.asarray(temperatures)[:, None, None] * unit.MOLAR_GAS_CONSTANT_R.value_in_unit(
+            unit.kilojoule_per_mole / unit.kelvin)  # kJ/mol
+        sigma = np.sqrt(kt / np.where(masses > 0, masses, np.inf)[None, :, None])  # nm/ps
+        velocities = sigma * np.random.default_rng(seed).standard_normal((n_temp, len(masses), 3))
+    sampler_states = []
+    for i in range(n_temp):
+        sampler_states.append(states.SamplerState(positions[i] * unit.nanometer,
+                                                  velocities=velocities[i] * unit.nanometer / unit.picosecond))
+    move = mcmc.LangevinDynamicsMove(timestep=step_fs * unit.femtosecond, collision_rate=friction_per_ps / unit.picosecond,
+                                     n_steps=steps_per_iteration, reassign_velocities=False)
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with _quiet():
+            sampler = multistate.ParallelTemperingSampler(mcmc_moves=move, number_of_iterations=n_iterations)
+            sampler.energy_context_cache = cache.ContextCache(capacity=None, time_to_live=None, platform=plat,
+                                                              platform_properties=props)
+            sampler.sampler_context_cache = cache.ContextCache(capacity=None, time_to_live=None, platform=plat,
+                                                               platform_properties=props)
+            reporter = multistate.MultiStateReporter(str(storage), checkpoint_interval=1)
+            # openmmtools 0.27 needs n_temperatures even when the list is given
+            sampler.create(reference, sampler_states, reporter, temperatures=[t * unit.kelvin for t in temperatures],
+                           n_temperatures=n_temp)
+            sampler.run()
+            reporter.close()
+            reader = multistate.MultiStateReporter(str(storage), open_mode="r")
+            try:
+                frames = np.empty((n_iterations, omm_system.getNumParticles(), 3))
+                for it in range(1, n_iterations + 1):
+                    assignment = np.asarray(reader.read_replica_thermodynamic_states(it))
+                    snapshot = reader.read_sampler_states(it)
+                    frames[it - 1] = snapshot[int(np.flatnonzero(assignment == 0)[0])].positions.value_in_unit(
+                        unit.nanometer)
+                last_pos = np.empty((n_temp,) + frames.shape[1:])
+                last_vel = np.empty_like(last_pos)
+                for replica, t_index in enumerate(assignment):
+                    last_pos[t_index] = snapshot[replica].positions.value_in_unit(unit.nanometer)
+                    last_vel[t_index] = snapshot[replica].velocities.value_in_unit(unit.nanometer / unit.picosecond)
+                accepted, proposed = reader.read_mixing_statistics(slice(1, n_iterations + 1))
+            finally:
+                reader.close()
+    finally:
+        np.random.set_state(state)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"frames": frames, "positions": last_pos, "velocities": last_vel,
+            "accepted": np.asarray(accepted).sum(axis=0), "proposed": np.asarray(proposed).sum(axis=0)}
+
+
+def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progress_queue=None) -> int:
+    """Run (or resume) one parallel-tempering run to completion; returns the number of exported frames."""
+    import openmm
+
+    from bgkit.simulate import MDSettings, _atomic, _chunk_seed, _clean_incomplete, _scorer, _write_chunk, _write_json
+    from bgkit.systems import load_system
+
+    settings = MDSettings(**settings_dict)
+    temperatures = list(settings.temperatures_K)
+    parent = os.getppid()
+    system = load_system(Path(folder) / "system")
+    platform = settings.platform or system.preferred_platform()
+    rep = Path(folder) / f"rep{replica:03d}"
+    rep.mkdir(parents=True, exist_ok=True)
+    progress_path, state_path, stats_path = rep / "progress.json", rep / "exchange_state.npz", rep / "exchange.json"
+    done = json.loads(progress_path.read_text())["chunks_done"] if progress_path.exists() else None
+    _clean_incomplete(rep, done)
+    scratch = rep / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    omm_system = openmm.XmlSerializer.deserialize(system.system_xml)
+    scorer = _scorer(system, platform)
+    common = dict(steps_per_iteration=settings.steps_per_frame, friction_per_ps=settings.friction_per_ps,
+                  step_fs=settings.step_fs, platform=platform, scratch=scratch)
+
+    def save_state(result: dict, stats: dict) -> None:
+        _atomic(state_path, lambda fh: np.savez(fh, positions=result["positions"], velocities=result["velocities"]))
+        _write_json(stats_path, stats)
+
+    if done is None:  # fresh start: minimise, equilibrate every temperature (not saved)
+        from openmm import unit
+
+        props = {"Threads": "1"} if platform == "CPU" else {}
+        ctx = openmm.Context(omm_system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform),
+                             props)
+        ctx.setPositions(system.positions)
+        openmm.LocalEnergyMinimizer.minimize(ctx, 1.0, 0)
+        start = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        del ctx
+        n_eq = max(1, int(round(settings.equilibrate_ps / settings.save_every_ps)))
+        result = run_iterations(omm_system, temperatures, np.repeat(start[None], len(temperatures), 0), None, n_eq,
+                                seed=_chunk_seed(settings.seed, replica, -1), **common)
+        stats = {"temperatures_K": temperatures, "accepted": np.zeros((len(temperatures),) * 2, int).tolist(),
+                 "proposed": np.zeros((len(temperatures),) * 2, int).tolist(), "note":
+                 "swap counts [i, j] between temperature i and j over the exported chunks (equilibration excluded)"}
+        save_state(result, stats)
+        _write_json(progress_path, {"chunks_done": 0, "frames": 0})
+        done = 0
+    if progress_queue is not None and done:
+        progress_queue.put((replica, done * settings.chunk_ps / 1000.0))
+    n_chunks = settings.n_chunks
+    for k in range(done, n_chunks):
+        if os.getppid() != parent:  # the run was stopped: never write into a folder nobody watches
+            raise SystemExit(1)
+        saved = np.load(state_path)
+        stats = json.loads(stats_path.read_text())
+        n_frames = settings.frames_per_chunk
+        if k == n_chunks - 1:  # last chunk may be shorter
+            n_frames = int(round((settings.ns * 1000.0 - k * settings.chunk_ps) / settings.save_every_ps))
+        result = run_iterations(omm_system, temperatures, saved["positions"], saved["velocities"], n_frames,
+                                seed=_chunk_seed(settings.seed, replica, k), **common)
+        if not np.isfinite(result["frames"]).all():
+            raise BgkitError(f"replica {replica}: the simulation blew up (non-finite positions) in chunk {k}")
+        times = k * settings.chunk_ps + settings.save_every_ps * np.arange(1, n_frames + 1)
+        _write_chunk(rep, k, system, result["frames"].astype(np.float32), times.astype(np.float32), scorer)
+        stats["accepted"] = (np.asarray(stats["accepted"]) + result["accepted"]).tolist()
+        stats["proposed"] = (np.asarray(stats["proposed"]) + result["proposed"]).tolist()
+        save_state(result, stats)
+        _write_json(progress_path, {"chunks_done": k + 1, "frames": int(k * settings.frames_per_chunk + n_frames)})
+        if progress_queue is not None:
+            progress_queue.put((replica, (k * settings.chunk_ps + n_frames * settings.save_every_ps) / 1000.0))
+    return int(json.loads(progress_path.read_text())["frames"])
+
+
+def acceptance(stats: dict) -> list[float]:
+    """Swap acceptance rate between neighbouring temperatures i and i+1 (NaN where none was proposed)."""
+    a, p = np.asarray(stats["accepted"], float), np.asarray(stats["proposed"], float)
+    rates = []
+    for i in range(len(a) - 1):
+        n = p[i, i + 1] + p[i + 1, i]
+        rates.append(float((a[i, i + 1] + a[i + 1, i]) / n) if n else float("nan"))
+    return rates
