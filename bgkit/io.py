@@ -47,3 +47,23 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     from bgkit.provenance import atomic_write
 
     atomic_write(path, lambda fh: np.save(fh, array))
+
+
+def verify_zip(path: str | os.PathLike, what: str) -> None:
+    """Check that ``path`` is a readable zip archive (.pt, .npz) whose every member passes its CRC.
+
+    Raises BgkitError naming ``what`` (e.g. "checkpoint") if the file is missing,
+    truncated or corrupted; torch and numpy do not verify data checksums themselves.
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise BgkitError(f"{what} not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except Exception as exc:  # BadZipFile, OSError, UnicodeDecodeError, ...
+        raise BgkitError(f"{what} {path} is truncated or corrupted ({type(exc).__name__}: {exc})") from None
+    if bad is not None:
+        raise BgkitError(f"{what} {path} is corrupted (bad checksum in {bad})")

@@ -48,3 +48,18 @@ def system(request):
     from bgkit.systems import load_system
 
     return load_system(request.param)
+
+
+def wait_for_chunks(progress, n: int, timeout: float = 120.0) -> None:
+    """Poll a simulation's progress.json until ``n`` chunks are done (or ``timeout`` seconds pass)."""
+    import json
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if json.loads(progress.read_text())["chunks_done"] >= n:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.02)

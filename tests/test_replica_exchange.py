@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from conftest import wait_for_chunks
 
 from bgkit import BgkitError
 from bgkit.data import load_dataset
@@ -46,14 +46,7 @@ def test_killed_and_resumed_parallel_tempering(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bgkit.cli", "simulate", *ARGS, "--ns", "0.03", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     progress = out / "rep000" / "progress.json"
-    deadline = time.time() + 200
-    while time.time() < deadline:
-        try:
-            if json.loads(progress.read_text())["chunks_done"] >= 2:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.02)
+    wait_for_chunks(progress, 2, timeout=200)
     os.killpg(proc.pid, signal.SIGKILL)  # workers included, probably inside openmmtools
     proc.wait()
     done = json.loads(progress.read_text())["chunks_done"]

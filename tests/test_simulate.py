@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from conftest import wait_for_chunks
 
 from bgkit import BgkitError
 from bgkit.data import load_dataset
@@ -36,14 +36,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, uninterrupted):
     proc = subprocess.Popen([sys.executable, "-m", "bgkit.cli", "simulate", *ARGS, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     progress = out / "rep000" / "progress.json"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if json.loads(progress.read_text())["chunks_done"] >= 4:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.02)
+    wait_for_chunks(progress, 4, timeout=120)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, workers included, mid-chunk
     proc.wait()
     done = json.loads(progress.read_text())["chunks_done"]

@@ -35,7 +35,6 @@ import math
 import os
 import random
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -168,16 +167,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     zip member's CRC is verified; torch itself does not check data CRCs), or
     not a bgkit checkpoint. Loading uses ``weights_only=True`` (no pickled code).
     """
+    from bgkit.io import verify_zip
+
     path = Path(path)
-    if not path.is_file():
-        raise BgkitError(f"checkpoint not found: {path}")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-    except Exception as exc:  # BadZipFile, OSError, UnicodeDecodeError, ...
-        raise BgkitError(f"checkpoint {path} is truncated or corrupted ({type(exc).__name__}: {exc})") from None
-    if bad is not None:
-        raise BgkitError(f"checkpoint {path} is corrupted (bad checksum in {bad})")
+    verify_zip(path, "checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:

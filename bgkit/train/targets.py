@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -182,14 +181,11 @@ def load_targets(path: str | os.PathLike) -> Targets:
     Raises BgkitError if the file is missing, truncated, corrupted (zip CRC
     check of every member), not a bgkit targets file, or inconsistent.
     """
+    from bgkit.io import verify_zip
+
     path = Path(path)
-    if not path.is_file():
-        raise BgkitError(f"targets file not found: {path}")
+    verify_zip(path, "targets file")
     try:
-        with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-        if bad is not None:
-            raise BgkitError(f"targets file {path} is corrupted (bad checksum in {bad})")
         with np.load(path, allow_pickle=False) as data:
             fmt = str(data["format"])
             kind = str(data["kind"])
