@@ -12,12 +12,13 @@ system's) temperature are exported, in exactly the chunk format of plain MD
 
     OUT/rep000/chunk00000.xtc       target-temperature frames (nm), one per exchange iteration
     OUT/rep000/chunk00000.npy       their reduced energies u/kT at the target temperature
-    OUT/rep000/exchange_state.npz   positions/velocities of every temperature after the last chunk
-    OUT/rep000/exchange.json        temperatures and swap acceptance, accumulated over chunks
-    OUT/rep000/progress.json        {"chunks_done": k, ...}, written last
+    OUT/rep000/exchange_state00001.npz  positions/velocities of every temperature after chunk 0 (the one
+                                        progress.json names)
+    OUT/rep000/progress.json        {"chunks_done": k, "state": ..., "exchange": swap counts}, written last
+    OUT/rep000/exchange.json        temperatures and swap counts (a copy for reading, after each commit)
 
 openmmtools' own netCDF storage is scratch space for one chunk: it is created
-fresh from ``exchange_state.npz`` when a chunk starts and deleted when the
+fresh from the committed state when a chunk starts and deleted when the
 chunk's files are written, so a run killed at any moment resumes from its last
 completed chunk with no lost or duplicated frames. Unlike plain MD the
 resumed trajectory is statistically, not bitwise, equal to an uninterrupted
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import shutil
 from pathlib import Path
@@ -143,7 +143,8 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
     """Run (or resume) one parallel-tempering run to completion; returns the number of exported frames."""
     import openmm
 
-    from bgkit.simulate import MDSettings, _atomic, _chunk_seed, _clean_incomplete, _scorer, _write_chunk, _write_json
+    from bgkit.simulate import (MDSettings, _atomic, _chunk_seed, _clean_incomplete, _commit, _drop_states, _progress,
+                                _scorer, _state_path, _write_chunk, _write_json)
     from bgkit.systems import load_system
 
     settings = MDSettings(**settings_dict)
@@ -153,8 +154,8 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
     platform = settings.platform or system.preferred_platform()
     rep = Path(folder) / f"rep{replica:03d}"
     rep.mkdir(parents=True, exist_ok=True)
-    progress_path, state_path, stats_path = rep / "progress.json", rep / "exchange_state.npz", rep / "exchange.json"
-    done = json.loads(progress_path.read_text())["chunks_done"] if progress_path.exists() else None
+    progress = _progress(rep)
+    done = None if progress is None else progress["chunks_done"]
     _clean_incomplete(rep, done)
     scratch = rep / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -163,9 +164,11 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
     common = dict(steps_per_iteration=settings.steps_per_frame, friction_per_ps=settings.friction_per_ps,
                   step_fs=settings.step_fs, platform=platform, scratch=scratch)
 
-    def save_state(result: dict, stats: dict) -> None:
-        _atomic(state_path, lambda fh: np.savez(fh, positions=result["positions"], velocities=result["velocities"]))
-        _write_json(stats_path, stats)
+    def commit(chunks_done: int, frames: int, result: dict, stats: dict) -> None:
+        name = f"exchange_state{chunks_done:05d}.npz"
+        _atomic(rep / name, lambda fh: np.savez(fh, positions=result["positions"], velocities=result["velocities"]))
+        _commit(rep, chunks_done, frames, name, exchange=stats)
+        _write_json(rep / "exchange.json", stats)
 
     if done is None:  # fresh start: minimise, equilibrate every temperature (not saved)
         from openmm import unit
@@ -183,17 +186,18 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
         stats = {"temperatures_K": temperatures, "accepted": np.zeros((len(temperatures),) * 2, int).tolist(),
                  "proposed": np.zeros((len(temperatures),) * 2, int).tolist(), "note":
                  "swap counts [i, j] between temperature i and j over the exported chunks (equilibration excluded)"}
-        save_state(result, stats)
-        _write_json(progress_path, {"chunks_done": 0, "frames": 0})
-        done = 0
+        commit(0, 0, result, stats)
+        progress, done = _progress(rep), 0
+    else:
+        _drop_states(rep, keep=_state_path(rep, progress).name)
     if progress_queue is not None and done:
         progress_queue.put((replica, done * settings.chunk_ps / 1000.0))
     n_chunks = settings.n_chunks
     for k in range(done, n_chunks):
         if os.getppid() != parent:  # the run was stopped: never write into a folder nobody watches
             raise SystemExit(1)
-        saved = np.load(state_path)
-        stats = json.loads(stats_path.read_text())
+        saved = np.load(_state_path(rep, progress))
+        stats = progress["exchange"]
         n_frames = settings.frames_per_chunk
         if k == n_chunks - 1:  # last chunk may be shorter
             n_frames = int(round((settings.ns * 1000.0 - k * settings.chunk_ps) / settings.save_every_ps))
@@ -203,13 +207,13 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
             raise BgkitError(f"replica {replica}: the simulation blew up (non-finite positions) in chunk {k}")
         times = k * settings.chunk_ps + settings.save_every_ps * np.arange(1, n_frames + 1)
         _write_chunk(rep, k, system, result["frames"].astype(np.float32), times.astype(np.float32), scorer)
-        stats["accepted"] = (np.asarray(stats["accepted"]) + result["accepted"]).tolist()
-        stats["proposed"] = (np.asarray(stats["proposed"]) + result["proposed"]).tolist()
-        save_state(result, stats)
-        _write_json(progress_path, {"chunks_done": k + 1, "frames": int(k * settings.frames_per_chunk + n_frames)})
+        stats = {**stats, "accepted": (np.asarray(stats["accepted"]) + result["accepted"]).tolist(),
+                 "proposed": (np.asarray(stats["proposed"]) + result["proposed"]).tolist()}
+        commit(k + 1, int(k * settings.frames_per_chunk + n_frames), result, stats)
+        progress = _progress(rep)
         if progress_queue is not None:
             progress_queue.put((replica, (k * settings.chunk_ps + n_frames * settings.save_every_ps) / 1000.0))
-    return int(json.loads(progress_path.read_text())["frames"])
+    return int(progress["frames"])
 
 
 def acceptance(stats: dict) -> list[float]:

@@ -8,14 +8,17 @@ and writes its trajectory in chunks::
     OUT/topology.pdb               the system's topology (mdtraj: md.load(xtcs, top=...))
     OUT/rep000/chunk00000.xtc      frames of chunk 0 (positions, nm; time in ps)
     OUT/rep000/chunk00000.npy      reduced energies u/kT of the *stored* (XTC-rounded) frames, float64
-    OUT/rep000/state.xml           OpenMM State after the last completed chunk
-    OUT/rep000/progress.json       {"chunks_done": k, ...}, written last
+    OUT/rep000/state00001.xml      OpenMM State after chunk 0 (one file: the one progress.json names)
+    OUT/rep000/progress.json       {"chunks_done": k, "state": "state0000k.xml", ...}, written last
 
 Every file is written atomically (temporary file, then rename) and
-``progress.json`` only after a chunk's files exist, so a run killed at any
-moment resumes from its last completed chunk; files of a chunk that was not
-completed are removed on resume. The Langevin noise of chunk k is seeded
-with (seed, replica, k), so a resumed run equals an uninterrupted one.
+``progress.json`` -- the commit point -- only after a chunk's frames,
+energies and end state exist, so a run killed at any moment resumes from its
+last completed chunk and from the state that ended it; files of a chunk that
+was not completed, and states it wrote, are removed on resume. The Langevin
+noise of chunk k is seeded with (seed, replica, k), so a resumed run equals
+an uninterrupted one. (Datasets written before this scheme keep a single
+``state.xml``, which progress.json implies.)
 """
 from __future__ import annotations
 
@@ -112,6 +115,30 @@ def _chunk_seed(seed: int, replica: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, replica, chunk + 1]).generate_state(1)[0] % (2**31 - 2)) + 1
 
 
+def _progress(rep: Path) -> dict | None:
+    """The last committed progress of a replica folder, or None before its equilibration was committed."""
+    path = rep / "progress.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _state_path(rep: Path, progress: dict) -> Path:
+    """The state file the committed progress names (``state.xml`` in datasets written before names were kept)."""
+    return rep / progress.get("state", "state.xml")
+
+
+def _commit(rep: Path, chunks_done: int, frames: int, state_name: str, **extra: Any) -> None:
+    """Record ``chunks_done`` chunks and their end state (already written) as complete, then drop older states."""
+    _write_json(rep / "progress.json", {"chunks_done": chunks_done, "frames": frames, "state": state_name, **extra})
+    _drop_states(rep, keep=state_name)
+
+
+def _drop_states(rep: Path, keep: str | None) -> None:
+    """Remove state files other than ``keep`` (older ones, or ones a killed chunk wrote before its commit)."""
+    for f in list(rep.glob("state*.xml")) + list(rep.glob("exchange_state*.npz")):
+        if f.name != keep:
+            f.unlink()
+
+
 def _clean_incomplete(rep: Path, done: int | None) -> None:
     """Remove the files of chunks that were started but not completed (and stray temporary files)."""
     for f in rep.glob("chunk*"):
@@ -119,6 +146,8 @@ def _clean_incomplete(rep: Path, done: int | None) -> None:
             f.unlink()
     for f in rep.glob(".*.tmp"):
         f.unlink()
+    if done is None:
+        _drop_states(rep, keep=None)
 
 
 def _scorer(system: System, platform: str):
@@ -159,8 +188,8 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
     platform = settings.platform or system.preferred_platform()
     rep = Path(folder) / f"rep{replica:03d}"
     rep.mkdir(parents=True, exist_ok=True)
-    progress_path = rep / "progress.json"
-    done = json.loads(progress_path.read_text())["chunks_done"] if progress_path.exists() else None
+    progress = _progress(rep)
+    done = None if progress is None else progress["chunks_done"]
     _clean_incomplete(rep, done)
     omm_system = openmm.XmlSerializer.deserialize(system.system_xml)
     scorer = _scorer(system, platform)
@@ -175,12 +204,14 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
         ctx.setTime(0.0)
         ctx.setStepCount(0)
         state_xml = openmm.XmlSerializer.serialize(ctx.getState(getPositions=True, getVelocities=True))
-        _atomic(rep / "state.xml", lambda fh: fh.write(state_xml.encode()))
-        _write_json(progress_path, {"chunks_done": 0, "frames": 0})
+        _atomic(rep / "state00000.xml", lambda fh: fh.write(state_xml.encode()))
+        _commit(rep, 0, 0, "state00000.xml")
         done = 0
         del ctx, integrator
     else:
-        state_xml = (rep / "state.xml").read_text()
+        state_path = _state_path(rep, progress)
+        _drop_states(rep, keep=state_path.name)
+        state_xml = state_path.read_text()
     if progress_queue is not None and done:
         progress_queue.put((replica, done * settings.chunk_ps / 1000.0))
     n_chunks = settings.n_chunks
@@ -206,12 +237,13 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
             raise BgkitError(f"replica {replica}: the simulation blew up (non-finite positions) in chunk {k}")
         _write_chunk(rep, k, system, xyz, times, scorer)
         state_xml = openmm.XmlSerializer.serialize(ctx.getState(getPositions=True, getVelocities=True))
-        _atomic(rep / "state.xml", lambda fh: fh.write(state_xml.encode()))
+        state_name = f"state{k + 1:05d}.xml"
+        _atomic(rep / state_name, lambda fh: fh.write(state_xml.encode()))
         del ctx, integrator
-        _write_json(progress_path, {"chunks_done": k + 1, "frames": int(k * settings.frames_per_chunk + n_frames)})
+        _commit(rep, k + 1, int(k * settings.frames_per_chunk + n_frames), state_name)
         if progress_queue is not None:
             progress_queue.put((replica, (k * settings.chunk_ps + n_frames * settings.save_every_ps) / 1000.0))
-    return int(json.loads(progress_path.read_text())["frames"])
+    return int(_progress(rep)["frames"])
 
 
 def prepare(out: Path, system: System, settings: MDSettings) -> None:

@@ -87,3 +87,42 @@ def test_changed_settings_refuse_to_resume(uninterrupted):
     res = subprocess.run([sys.executable, "-m", "bgkit.cli", "simulate", *ARGS[:-2], "--seed", "8",
                           "--out", str(uninterrupted.folder)], capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "other settings" in res.stderr and "Traceback" not in res.stderr
+
+
+def _run_ns(out, ns):
+    args = [a if a != "0.03" else str(ns) for a in ARGS]
+    return subprocess.run([sys.executable, "-m", "bgkit.cli", "simulate", *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.timeout(300)
+def test_state_written_before_the_commit_is_ignored(tmp_path, uninterrupted):
+    """Killed after a chunk's end state was written but before progress.json named it: resume from the old state."""
+    out = tmp_path / "window"
+    assert _run_ns(out, 0.02).returncode == 0  # 10 of the 15 chunks
+    rep = out / "rep000"
+    progress = json.loads((rep / "progress.json").read_text())
+    assert progress["chunks_done"] == 10 and progress["state"] == "state00010.xml"
+    assert sorted(p.name for p in rep.glob("state*")) == ["state00010.xml"]
+    # debris of chunk 10 killed just before its commit: its frames and a state from further along
+    (rep / "state00011.xml").write_text((uninterrupted.folder / "rep000" / "state00015.xml").read_text())
+    (rep / "chunk00010.xtc").write_bytes((uninterrupted.folder / "rep000" / "chunk00010.xtc").read_bytes())
+    assert run_cli(out).returncode == 0
+    data = load_dataset(out)
+    np.testing.assert_array_equal(data.xyz, uninterrupted.xyz)  # continued from state00010, not the debris
+    assert sorted(p.name for p in rep.glob("state*")) == ["state00015.xml"]
+
+
+@pytest.mark.timeout(300)
+def test_datasets_with_a_single_state_file_resume(tmp_path, uninterrupted):
+    """Datasets written before end states were named per chunk (the shipped ones) keep one state.xml."""
+    out = tmp_path / "legacy"
+    assert _run_ns(out, 0.02).returncode == 0
+    rep = out / "rep000"
+    (rep / "state00010.xml").rename(rep / "state.xml")
+    progress = json.loads((rep / "progress.json").read_text())
+    del progress["state"]
+    (rep / "progress.json").write_text(json.dumps(progress))
+    assert run_cli(out).returncode == 0
+    np.testing.assert_array_equal(load_dataset(out).xyz, uninterrupted.xyz)
+    assert not (rep / "state.xml").exists()
