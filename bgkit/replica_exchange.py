@@ -173,13 +173,9 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
     if done is None:  # fresh start: minimise, equilibrate every temperature (not saved)
         from openmm import unit
 
-        props = {"Threads": "1"} if platform == "CPU" else {}
-        ctx = openmm.Context(omm_system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform),
-                             props)
-        ctx.setPositions(system.positions)
-        openmm.LocalEnergyMinimizer.minimize(ctx, 1.0, 0)
-        start = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        del ctx
+        scorer.setPositions(system.positions)  # the scoring Context doubles as the minimiser
+        openmm.LocalEnergyMinimizer.minimize(scorer, 1.0, 0)
+        start = scorer.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
         n_eq = max(1, int(round(settings.equilibrate_ps / settings.save_every_ps)))
         result = run_iterations(omm_system, temperatures, np.repeat(start[None], len(temperatures), 0), None, n_eq,
                                 seed=_chunk_seed(settings.seed, replica, -1), **common)
