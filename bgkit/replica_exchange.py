@@ -143,24 +143,15 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
     """Run (or resume) one parallel-tempering run to completion; returns the number of exported frames."""
     import openmm
 
-    from bgkit.simulate import (MDSettings, _atomic, _chunk_seed, _clean_incomplete, _commit, _drop_states, _progress,
-                                _scorer, _state_path, _write_chunk, _write_json)
-    from bgkit.systems import load_system
+    from bgkit.simulate import (_atomic, _chunk_seed, _commit, _drop_states, _progress, _state_path, _write_chunk,
+                                _write_json, open_replica)
 
-    settings = MDSettings(**settings_dict)
+    settings, system, platform, rep, progress, omm_system, scorer = open_replica(folder, replica, settings_dict)
+    done = None if progress is None else progress["chunks_done"]
     temperatures = list(settings.temperatures_K)
     parent = os.getppid()
-    system = load_system(Path(folder) / "system")
-    platform = settings.platform or system.preferred_platform()
-    rep = Path(folder) / f"rep{replica:03d}"
-    rep.mkdir(parents=True, exist_ok=True)
-    progress = _progress(rep)
-    done = None if progress is None else progress["chunks_done"]
-    _clean_incomplete(rep, done)
     scratch = rep / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)
-    omm_system = openmm.XmlSerializer.deserialize(system.system_xml)
-    scorer = _scorer(system, platform)
     common = dict(steps_per_iteration=settings.steps_per_frame, friction_per_ps=settings.friction_per_ps,
                   step_fs=settings.step_fs, platform=platform, scratch=scratch)
 

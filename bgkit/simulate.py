@@ -29,7 +29,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -177,22 +177,41 @@ def _write_chunk(rep: Path, k: int, system: System, xyz: np.ndarray, times: np.n
     _atomic(rep / f"chunk{k:05d}.npy", lambda fh: np.save(fh, energies))
 
 
-def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=None) -> int:
-    """Run (or resume) one replica to completion; returns the number of frames it holds."""
+class ReplicaFolder(NamedTuple):
+    """What a worker needs to run or resume one replica (see :func:`open_replica`)."""
+
+    settings: MDSettings
+    system: System
+    platform: str
+    rep: Path  #: the replica's folder, OUT/repNNN
+    progress: dict | None  #: the last committed progress, None on a fresh start
+    omm_system: Any  #: openmm.System
+    scorer: Any  #: openmm.Context that scores frames at the system's temperature
+
+
+def open_replica(folder: str, replica: int, settings_dict: dict) -> ReplicaFolder:
+    """Load the frozen system of ``folder``, create ``repNNN`` and remove what an interrupted chunk left."""
     import openmm
-    from openmm import unit
 
     settings = MDSettings(**settings_dict)
-    parent = os.getppid()
     system = load_system(Path(folder) / "system")
     platform = settings.platform or system.preferred_platform()
     rep = Path(folder) / f"rep{replica:03d}"
     rep.mkdir(parents=True, exist_ok=True)
     progress = _progress(rep)
+    _clean_incomplete(rep, None if progress is None else progress["chunks_done"])
+    return ReplicaFolder(settings, system, platform, rep, progress,
+                         openmm.XmlSerializer.deserialize(system.system_xml), _scorer(system, platform))
+
+
+def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=None) -> int:
+    """Run (or resume) one replica to completion; returns the number of frames it holds."""
+    import openmm
+    from openmm import unit
+
+    settings, system, platform, rep, progress, omm_system, scorer = open_replica(folder, replica, settings_dict)
     done = None if progress is None else progress["chunks_done"]
-    _clean_incomplete(rep, done)
-    omm_system = openmm.XmlSerializer.deserialize(system.system_xml)
-    scorer = _scorer(system, platform)
+    parent = os.getppid()
     if done is None:  # fresh start: minimise, equilibrate (not saved)
         ctx, integrator = _make_context(system, omm_system, settings, platform, _chunk_seed(settings.seed, replica, -1))
         ctx.setPositions(system.positions)
