@@ -4,9 +4,10 @@ One parallel-tempering run is what ``bgkit simulate --replica-exchange N`` runs
 in each of its ``--replicas`` folders: N copies of the system at temperatures
 geometrically spaced from the system's temperature to ``--t-max``, each
 propagated with OpenMM's LangevinMiddleIntegrator (openmmtools
-``LangevinDynamicsMove``) for one frame interval, then neighbour swaps
+``LangevinDynamicsMove``) for one frame interval, then temperature swaps
 accepted with the Metropolis criterion (openmmtools
-``ParallelTemperingSampler``). Only the configurations at the lowest (the
+``ParallelTemperingSampler``, its default "swap-all" Gibbs mixing: any pair
+may swap, not only neighbours; :func:`acceptance` reports the neighbours'). Only the configurations at the lowest (the
 system's) temperature are exported, in exactly the chunk format of plain MD
 (see :mod:`bgkit.simulate`), so every dataset tool reads them unchanged::
 
