@@ -43,6 +43,12 @@ def _dump(data) -> str:
     return json.dumps(data, indent=2, default=str)
 
 
+def _check_workers(workers: int | None) -> None:
+    """--workers: None means all cores; anything else must be a positive number of processes."""
+    if workers is not None and workers < 1:
+        raise BgkitError(f"--workers must be >= 1 (omit it to use all cores), got {workers}")
+
+
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="bgkit")
 def main() -> None:
@@ -105,6 +111,10 @@ def systems_build(system: str, out: Path | None, force: bool) -> None:
     from bgkit.build import write_built_pdb
     from bgkit.systems import load_system
 
+    from bgkit.outputs import check_output_file
+
+    if out is not None:
+        check_output_file(out, force=True)  # a differing existing file still needs --force (write_built_pdb)
     path, changed = write_built_pdb(load_system(system), out, force)
     click.echo(f"{'wrote' if changed else 'unchanged'} {path}")
 
@@ -114,7 +124,7 @@ def systems_build(system: str, out: Path | None, force: bool) -> None:
 @click.option("--system", "system_name", required=True, help="Shipped system name or system folder.")
 @click.argument("traj", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write energies (kT) as a .npy array [n_frames].")
-@click.option("--workers", type=int, default=None, help="Energy worker processes (default: all cores).")
+@click.option("--workers", type=int, default=None, help="Energy worker processes, >= 1 (default: all cores).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
 def energy(system_name: str, traj: Path, out: Path | None, workers: int | None, force: bool) -> None:
     """Reduced energies u/kT of every frame of TRAJ (any format mdtraj reads)."""
@@ -125,8 +135,11 @@ def energy(system_name: str, traj: Path, out: Path | None, workers: int | None, 
     from bgkit.io import atomic_save_npy
     from bgkit.systems import load_system
 
-    if out is not None and out.exists() and not force:
-        raise BgkitError(f"{out} exists: pass --force to overwrite it")
+    from bgkit.outputs import check_output_file
+
+    _check_workers(workers)
+    if out is not None:
+        check_output_file(out, force, hint="pass --force to overwrite it")
     s = load_system(system_name)
     xyz = load_trajectory(traj, s)
     with EnergyModel(s, n_workers=workers) as model:
@@ -149,7 +162,7 @@ def energy(system_name: str, traj: Path, out: Path | None, workers: int | None, 
 @click.option("--ns", type=float, required=True, help="Production length per replica (ns).")
 @click.option("--replicas", type=int, default=1, show_default=True, help="Independent replicas, run in parallel processes.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Dataset folder (resumed if it exists).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Langevin noise (>= 0).")
 @click.option("--friction", type=float, default=None, help="Langevin friction (1/ps); default from system.yaml (md.friction_per_ps) or 1.")
 @click.option("--save-every", type=float, default=1.0, show_default=True, help="Frame interval (ps).")
 @click.option("--chunk", type=float, default=1000.0, show_default=True, help="Chunk length (ps): the unit of resuming.")
@@ -189,10 +202,14 @@ def data() -> None:
 @click.argument("dataset")
 @click.option("--blocks", type=int, default=20, show_default=True, help="Contiguous blocks per half for the bootstrap.")
 @click.option("--json", "as_json", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
-def data_check(dataset: str, blocks: int, as_json: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
+def data_check(dataset: str, blocks: int, as_json: Path | None, force: bool) -> None:
     """Basin populations in the first and second half of DATASET (name or folder), with errors."""
     from bgkit.datacheck import check_dataset
+    from bgkit.outputs import check_output_file
 
+    if as_json is not None:
+        check_output_file(as_json, force, option="--json")
     report = check_dataset(dataset, n_blocks=blocks)
     s = report["summary"]
     click.echo(f"{s['system']}: {s['simulated_ns']:.1f} ns in {s['replicas']} replica(s), {s['frames']} frames "
@@ -215,23 +232,30 @@ def targets() -> None:
     """Make RegFlow regression targets."""
 
 
+_COORDS = ["cartesian", "internal"]
+
+
 @targets.command("ot")
-@click.option("--system", "system_name", required=True)
+@click.option("--system", "system_name", required=True, help="Shipped system name or system folder.")
 @click.option("--data", default=None, help="Dataset folder (default: the system's shipped data).")
 @click.option("--n", type=int, default=None, help="Use this many train frames (evenly spaced; default all).")
 @click.option("--block-size", type=int, default=4096, show_default=True, help="Exact OT per block of this many pairs.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prior draws.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Targets file to write (.npz).")
 @click.option("--align/--no-align", default=True, show_default=True,
-              help="Relabel equivalent terminal atoms (methyl H, ...) of each target to its prior draw.")
+              help="Cartesian only: relabel equivalent terminal atoms (methyl H, ...) of each target to its prior draw.")
+@click.option("--coords", type=click.Choice(_COORDS), default="cartesian", show_default=True,
+              help="Flow space: centred Cartesian, or internal (bonds, angles, torsions; OT cost wrapped on torsions).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out.")
-def targets_ot(system_name, data, n, block_size, seed, out, force, align) -> None:
+def targets_ot(system_name, data, n, block_size, seed, out, force, align, coords) -> None:
     """Exact optimal-transport pairs (prior sample -> training frame)."""
     from bgkit.train.molecular import make_ot_targets
 
-    if out.exists() and not force:
-        raise BgkitError(f"{out} exists: pass --force to overwrite it")
-    info = make_ot_targets(system_name, out, data=data, n=n, block_size=block_size, seed=seed, align=align)
+    from bgkit.outputs import check_output_file
+
+    check_output_file(out, force, hint="pass --force to overwrite it")
+    info = make_ot_targets(system_name, out, data=data, n=n, block_size=block_size, seed=seed, align=align,
+                           coords=coords)
     click.echo(f"wrote {out}: {info['frames']} OT pairs (blocks of {block_size}) in {info['seconds']:.1f} s; "
                f"{len(info['aligned_groups'])} equivalent atom groups aligned ({info['relabelled_pairs']} pairs "
                f"relabelled)" + (f", {len(info['rejected_groups'])} groups rejected (energy not invariant)"
@@ -239,33 +263,40 @@ def targets_ot(system_name, data, n, block_size, seed, out, force, align) -> Non
 
 
 @main.command()
-@click.option("--system", "system_name", required=True)
-@click.option("--arch", type=click.Choice(["realnvp", "nsf", "tarflow"]), required=True)
-@click.option("--objective", type=click.Choice(["regflow", "mle"]), required=True)
+@click.option("--system", "system_name", required=True, help="Shipped system name or system folder.")
+@click.option("--arch", type=click.Choice(["realnvp", "nsf", "tarflow"]), required=True, help="Flow architecture.")
+@click.option("--objective", type=click.Choice(["regflow", "mle"]), required=True,
+              help="RegFlow (regression onto --targets) or maximum likelihood on the data.")
 @click.option("--targets", "targets_path", default=None, help="Targets file (RegFlow).")
+@click.option("--coords", type=click.Choice(_COORDS), default=None,
+              help="Flow space for MLE (default cartesian); RegFlow takes it from --targets.")
 @click.option("--data", default=None, help="Dataset folder (default: the system's shipped data).")
-@click.option("--steps", type=int, default=20000, show_default=True)
-@click.option("--batch-size", type=int, default=512, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--reg", type=click.Choice(["fb", "logdet", "none"]), default="fb", show_default=True)
-@click.option("--reg-weight", type=float, default=1e-6, show_default=True)
+@click.option("--steps", type=int, default=20000, show_default=True, help="Total optimiser steps (a --resume continues up to this count).")
+@click.option("--batch-size", type=int, default=512, show_default=True, help="Training pairs or frames per step.")
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (AdamW; linear warm-up, then cosine decay).")
+@click.option("--reg", type=click.Choice(["fb", "logdet", "none"]), default="fb", show_default=True,
+              help="RegFlow regulariser: forward-backward inverse consistency (fb), squared log-det (logdet) or none.")
+@click.option("--reg-weight", type=float, default=1e-6, show_default=True, help="Weight of the --reg term.")
 @click.option("--noise", type=float, default=0.0, show_default=True, help="Target noise std (flow units).")
 @click.option("--hparams", default="{}", help='Architecture hyperparameters as JSON, e.g. \'{"hidden": 128}\'.')
 @click.option("--max-frames", type=int, default=None, help="MLE: use at most this many train frames.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, batches and noise.")
 @click.option("--max-seconds", type=float, default=None,
-              help="Stop (with a checkpoint) after this much wall time, even before --steps.")
+              help="Stop (with a checkpoint) after this much wall time (s), even before --steps; counted over "
+                   "all runs of a checkpoint, so a --resume continues the same budget.")
 @click.option("--device", default=None, help="torch device (default: cuda if available).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Checkpoint file to write (.pt), also a proposal.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
-def train(system_name, arch, objective, targets_path, data, steps, batch_size, lr, reg, reg_weight, noise, hparams,
-          max_frames, seed, max_seconds, device, out, resume, force) -> None:
+def train(system_name, arch, objective, targets_path, coords, data, steps, batch_size, lr, reg, reg_weight, noise,
+          hparams, max_frames, seed, max_seconds, device, out, resume, force) -> None:
     """Train a flow; the checkpoint --out is a self-contained proposal."""
     from bgkit.train.molecular import train_proposal
 
-    if out.exists() and not (resume or force):
-        raise BgkitError(f"{out} exists: pass --resume to continue it or --force to replace it")
+    from bgkit.outputs import check_output_file
+
+    check_output_file(out, resume or force, hint="pass --resume to continue it or --force to replace it")
     try:
         hp = json.loads(hparams)
     except json.JSONDecodeError:
@@ -275,7 +306,7 @@ def train(system_name, arch, objective, targets_path, data, steps, batch_size, l
            "warmup_steps": min(500, steps // 10), "val_every": max(1, min(500, steps // 10)),
            "ckpt_every": max(1, min(1000, steps // 5)), "max_seconds": max_seconds}
     result = train_proposal(system_name, arch, objective, out, targets=targets_path, data=data,
-                            max_frames=max_frames, hparams=hp, config_overrides=cfg, resume=resume)
+                            max_frames=max_frames, hparams=hp, config_overrides=cfg, resume=resume, coords=coords)
     m = result.metrics
     click.echo(f"wrote {out}: {m.get('steps')} steps, final train loss {m.get('final_train_loss'):.4g}, "
                f"val loss {m.get('final_val_loss')}, {m.get('samples_per_s', 0):.0f} samples/s")
@@ -287,21 +318,23 @@ def train(system_name, arch, objective, targets_path, data, steps, batch_size, l
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="metrics.json of `bgkit evaluate` to store in the proposal.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
-def export(checkpoint: Path, out: Path, metrics_path: Path | None, force: bool) -> None:
+@click.option("--unfinished", is_flag=True, help="Export the checkpoint of an interrupted training run anyway.")
+def export(checkpoint: Path, out: Path, metrics_path: Path | None, force: bool, unfinished: bool) -> None:
     """Slim copy of a training CHECKPOINT for shipping (EMA weights + metadata, no optimiser state)."""
     from bgkit.train.molecular import export_proposal
 
     if not checkpoint.is_file():
         raise BgkitError(f"checkpoint {checkpoint} does not exist")
-    if out.exists() and not force:
-        raise BgkitError(f"{out} exists: pass --force to replace it")
+    from bgkit.outputs import check_output_file
+
+    check_output_file(out, force, option="OUT")
     metrics = None
     if metrics_path is not None:
         try:
             metrics = json.loads(metrics_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise BgkitError(f"cannot read metrics {metrics_path}: {exc}") from None
-    export_proposal(checkpoint, out, metrics=metrics)
+    export_proposal(checkpoint, out, metrics=metrics, unfinished=unfinished)
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -314,7 +347,10 @@ def _proposal_for(system_name: str, model: Path | None):
     path = model or system.folder / "proposal.pt"
     if model is None and not path.is_file():
         raise BgkitError(f"system '{system.name}' ships no proposal ({path} missing): pass --model")
-    return system, Proposal.load(path, system=system)
+    proposal = Proposal.load(path, system=system)
+    if proposal.unfinished_note():
+        click.echo("warning: " + proposal.unfinished_note(), err=True)
+    return system, proposal
 
 
 def _default_out(prefix: str) -> Path:
@@ -334,12 +370,15 @@ _sample_options = [
     click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="Proposal checkpoint (default: the system's shipped proposal.pt)."),
     click.option("--n", type=int, default=10000, show_default=True, help="Number of samples."),
-    click.option("--seed", type=int, default=0, show_default=True),
-    click.option("--batch-size", type=int, default=2000, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prior draws and the resampling."),
+    click.option("--batch-size", type=int, default=2000, show_default=True,
+                 help="Samples drawn per flow batch (energies of one batch run while the next is drawn)."),
     click.option("--device", default="cpu", show_default=True, help="torch device for the flow."),
-    click.option("--workers", type=int, default=None, help="Energy worker processes (default: all cores)."),
-    click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None),
-    click.option("--force", is_flag=True, help="Replace an existing --out folder."),
+    click.option("--workers", type=int, default=None, help="Energy worker processes, >= 1 (default: all cores)."),
+    click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="Output folder, new or one bgkit wrote (default: a new timestamped folder "
+                      "bgkit-COMMAND-SYSTEM-YYYYmmdd-HHMMSS here)."),
+    click.option("--force", is_flag=True, help="Replace an existing --out folder that bgkit wrote (never another)."),
 ]
 
 
@@ -351,18 +390,29 @@ def _with_options(options):
     return wrap
 
 
+def _sample_out(out: Path | None, force: bool, prefix: str) -> Path:
+    """The --out folder of sample/evaluate (default: a new timestamped one), checked before any work."""
+    from bgkit.outputs import check_output_folder
+
+    return check_output_folder(out or _default_out(prefix), force)
+
+
 def _draw(system_name, model, n, seed, batch_size, device, workers, out, force, prefix):
     from bgkit.sample import draw
 
     if n < 1:
         raise BgkitError(f"--n must be a positive number of samples, got {n}")
-    out = out or _default_out(prefix)
-    if out.exists() and not force:
-        raise BgkitError(f"{out} exists: choose another --out or pass --force to replace it")
+    if batch_size < 1:
+        raise BgkitError(f"--batch-size must be positive, got {batch_size}")
+    _check_workers(workers)
+    out = _sample_out(out, force, prefix)
     system, proposal = _proposal_for(system_name, model)
     proposal.flow.to(device)
     result = draw(proposal, system, n=n, batch_size=batch_size, seed=seed, n_workers=workers)
     return system, proposal, result, out
+
+
+LOW_ESS_FRACTION = 0.01  #: below this ESS/N, sample and evaluate warn that reweighted results are unreliable
 
 
 def _print_summary(result) -> None:
@@ -374,6 +424,9 @@ def _print_summary(result) -> None:
     click.echo(f"clipped        {s['n_clipped']} largest log-weights ({100 * s['clip_fraction']:.2f} %)")
     click.echo(f"time           {s['seconds']:.2f} s  ({s['samples_per_second']:.0f} samples/s; flow {s['flow_seconds']:.2f} s, "
                f"waiting for energies {s['energy_seconds']:.2f} s)")
+    if s["ess_fraction"] < LOW_ESS_FRACTION:
+        click.echo(f"warning: ESS/N {s['ess_fraction']:.4f} < {LOW_ESS_FRACTION}: a few samples carry the weight; "
+                   "reweighted averages and free energies from these samples are unreliable", err=True)
 
 
 @main.command()
@@ -398,25 +451,33 @@ def evaluate(system_name, model, n, seed, batch_size, device, workers, out, forc
     """Sample, then compare with the system's MD test split: metrics.json and figures."""
     from bgkit.data import load_dataset
     from bgkit.evaluate import compute_metrics, write_figures, write_metrics
+    from bgkit.outputs import add_to_marker
     from bgkit.sample import write_sample_folder
     from bgkit.systems import load_system
 
-    dataset = load_dataset(data or load_system(system_name).folder)  # fail before sampling, not after
+    prefix = f"bgkit-evaluate-{system_name if '/' not in system_name else 'custom'}"
+    out = _sample_out(out, force, prefix)  # fail before reading data or sampling, not after
+    dataset = load_dataset(data or load_system(system_name).folder)
     if dataset.meta["topology_hash"] != load_system(system_name).topology_hash:
         raise BgkitError(f"dataset {dataset.folder} belongs to another topology than system '{system_name}'")
     dataset.xyz  # read (and check) the data now
-    system, proposal, result, out = _draw(system_name, model, n, seed, batch_size, device, workers, out, force,
-                                          f"bgkit-evaluate-{system_name if '/' not in system_name else 'custom'}")
+    system, proposal, result, out = _draw(system_name, model, n, seed, batch_size, device, workers, out, force, prefix)
     if result is None:
         return
     _print_summary(result)
-    write_sample_folder(result, system, out, force, extra={"model": str(proposal.path), "seed": seed})
     metrics = compute_metrics(result, proposal, dataset, seed=seed)
+    write_sample_folder(result, system, out, force, extra={"model": str(proposal.path), "seed": seed},
+                        kind="bgkit.evaluation",
+                        more_files=("metrics.json", "ramachandran.png", "energies.png", "log_weights.png"))
     write_metrics(metrics, out)
-    write_figures(result, dataset, out)
-    for key in ("ess", "e_w2_proposal", "e_w2_resampled", "t_w2_proposal", "t_w2_resampled", "nll_test",
-                "samples_per_second"):
+    add_to_marker(out, ["metrics.json", *write_figures(result, dataset, out)])
+    for key in ("ess", "ess_fraction", "e_w2_proposal", "e_w2_resampled", "t_w2_proposal", "t_w2_resampled",
+                "nll_test", "samples_per_second"):
         click.echo(f"{key:20s} {metrics[key]:.4f}")
+    if metrics.get("noise_floor"):
+        f = metrics["noise_floor"]
+        click.echo(f"{'noise floor':20s} E-W2 {f['e_w2']:.4f} kT, T-W2 {f['t_w2']:.4f} rad "
+                   f"(MD test split vs {f['frames']} other MD frames)")
     click.echo(f"wrote {out}/ (metrics.json, ramachandran.png, energies.png, log_weights.png, samples)")
 
 
@@ -426,12 +487,30 @@ def plot() -> None:
     """Draw single figures from datasets or sample folders."""
 
 
+_PLOT_OUT_HELP = "Figure file: .png, or .pdf (written with a .png beside it)."
+_PLOT_FORCE_HELP = "Overwrite an existing --out file."
+
+
+def _check_plot_out(out: Path, force: bool) -> None:
+    """--out of a plot command: .png or .pdf (+ .png), each new or replaced only with --force."""
+    from bgkit.outputs import check_output_file
+
+    if out.suffix.lower() not in (".png", ".pdf"):
+        raise BgkitError(f"--out must end in .png or .pdf, got {out.name}")
+    check_output_file(out, force)
+    if out.suffix.lower() == ".pdf":
+        check_output_file(out.with_suffix(".png"), force, hint="a .pdf is written with a .png beside it: "
+                                                                  "pass --force to replace it")
+
+
 @plot.command("ramachandran")
 @click.argument("source")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG or PDF file.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help=_PLOT_OUT_HELP)
 @click.option("--reweighted", is_flag=True, help="Sample folder: weight samples by their importance weights.")
-def plot_ramachandran(source: str, out: Path, reweighted: bool) -> None:
+@click.option("--force", is_flag=True, help=_PLOT_FORCE_HELP)
+def plot_ramachandran(source: str, out: Path, reweighted: bool, force: bool) -> None:
     """Ramachandran free energy (kT) of a dataset (name or folder) or a sample folder; every φ/ψ pair."""
+    _check_plot_out(out, force)
     from bgkit import plots
     from bgkit.evaluate import pairs
 
@@ -444,9 +523,11 @@ def plot_ramachandran(source: str, out: Path, reweighted: bool) -> None:
 
 @plot.command("energies")
 @click.argument("sample_folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def plot_energies(sample_folder: Path, out: Path) -> None:
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help=_PLOT_OUT_HELP)
+@click.option("--force", is_flag=True, help=_PLOT_FORCE_HELP)
+def plot_energies(sample_folder: Path, out: Path, force: bool) -> None:
     """Energy histograms (MD test split, proposal, reweighted) of a sample folder."""
+    _check_plot_out(out, force)
     import numpy as np
 
     from bgkit import plots
@@ -470,9 +551,11 @@ def plot_energies(sample_folder: Path, out: Path) -> None:
 
 @plot.command("weights")
 @click.argument("sample_folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def plot_weights(sample_folder: Path, out: Path) -> None:
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help=_PLOT_OUT_HELP)
+@click.option("--force", is_flag=True, help=_PLOT_FORCE_HELP)
+def plot_weights(sample_folder: Path, out: Path, force: bool) -> None:
     """Log-weight histogram of a sample folder."""
+    _check_plot_out(out, force)
     from bgkit import plots
     from bgkit.sample import load_sample_folder
 
@@ -489,14 +572,13 @@ def _positions_of(source: str, reweighted: bool):
 
     path = Path(source)
     if (path / "summary.json").is_file():
-        import mdtraj
-
+        from bgkit.io import load_trajectory
         from bgkit.sample import load_sample_folder
         from bgkit.systems import load_system
 
         d = load_sample_folder(path)
         system = load_system(d["summary"]["system"])
-        xyz = mdtraj.load(str(d["samples"])).xyz
+        xyz = load_trajectory(d["samples"], system)  # topology checked against the system
         if reweighted:
             lw = d["log_w_clipped"]
             return xyz, system, np.exp(lw - lw[np.isfinite(lw)].max()), "reweighted"

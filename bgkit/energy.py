@@ -104,9 +104,9 @@ class EnergyModel:
     def __init__(self, system: System | str, n_workers: int | None = None, platform: str | None = None,
                  chunk_size: int = 1024, min_distance: float = 0.02, start_timeout: float = 120.0):
         self.system = load_system(system)
-        self.n_workers = int(n_workers or default_n_workers())
+        self.n_workers = default_n_workers() if n_workers is None else int(n_workers)
         if self.n_workers < 1:
-            raise BgkitError("n_workers must be at least 1")
+            raise BgkitError(f"n_workers must be at least 1 (None: all cores), got {n_workers}")
         self.platform = platform or self.system.preferred_platform()
         self.chunk_size = int(chunk_size)
         self.min_distance = float(min_distance)

@@ -4,7 +4,10 @@ Metrics (DESIGN.md definitions): Kish ESS; E-W2 (kT) of the raw proposal and
 of the resampled set against the MD test energies; T-W2 (rad) over all
 backbone φ/ψ, exact OT on up to 10k vs 10k samples; NLL of the test frames
 (nats per sample, density in nm^-(3N-3) on the centroid-free subspace);
-samples/s of drawing + energies.
+samples/s of drawing + energies. The noise floor is the same E-W2 and T-W2
+between the test split and a disjoint block of MD frames of the same size (the
+dataset's first frames outside the test split): how far MD is from itself, the
+best a proposal can be expected to reach on this reference.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, 
     t_prop = torsions(result.xyz[ok], system)
     t_res = torsions(result.xyz[idx], system)
     log_q_test = proposal.log_prob(test_xyz)
+    floor = noise_floor(dataset, t_md, max_ot=max_ot, seed=seed)
     return {
         "system": system.name,
         "n_samples": int(len(result.energy_kt)),
@@ -72,9 +76,32 @@ def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, 
         "n_nonfinite_energy_dropped_from_e_w2": n_drop,
         "n_wrong_chirality": int(result.wrong_chirality.sum()),
         "n_clipped": result.weights.n_clipped,
+        "noise_floor": floor,
+        "coords": getattr(proposal.transform, "kind", "cartesian"),
         "reference": {"dataset": str(dataset.folder), "split": "test", "frames": int(len(test_idx))},
         "units": {"e_w2": "kT", "t_w2": "rad", "nll_test": "nats per sample, nm^-(3N-3) density, centroid-free"},
     }
+
+
+def noise_floor(dataset: Dataset, t_test: np.ndarray | None = None, max_ot: int = 10000,
+                seed: int = 0) -> dict[str, Any] | None:
+    """E-W2 (kT) and T-W2 (rad) between the test split and an equal-size disjoint block of the same MD.
+
+    The block is the first ``n_test`` frames outside the test split (time-separated from it).
+    None when the dataset holds fewer than twice the test frames.
+    """
+    from bgkit.metrics import energy_w2_with_counts, torsion_w2
+
+    test_idx = dataset.split_indices()["test"]
+    other = np.setdiff1d(np.arange(dataset.n_frames), test_idx)
+    if len(other) < len(test_idx) or len(test_idx) == 0:
+        return None
+    block = other[: len(test_idx)]
+    t_test = torsions(dataset.xyz[test_idx], dataset.system) if t_test is None else t_test
+    t_block = torsions(dataset.xyz[block], dataset.system)
+    return {"e_w2": energy_w2_with_counts(dataset.energies_kt[test_idx], dataset.energies_kt[block])[0],
+            "t_w2": torsion_w2(t_test, t_block, max_samples=max_ot, seed=seed),
+            "block_frames": [int(block[0]), int(block[-1]) + 1], "frames": int(len(block))}
 
 
 def write_figures(result: SampleResult, dataset: Dataset, out: Path) -> list[str]:

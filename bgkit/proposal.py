@@ -3,11 +3,12 @@
 A proposal file is a training checkpoint of :mod:`bgkit.train.loop` whose
 ``extra`` entry holds everything needed to sample without the training
 configuration: the system (name, topology hash, atom count, temperature), the
-coordinate transform (atom count, global scale in nm) and the training data
-and command. ``log_q`` is returned in nm coordinates: a density on the
-centroid-free subspace, parametrised by the first N-1 centred atoms (see
-:mod:`bgkit.coords`), so ``log w = -u/kT - log q`` is consistent across
-ESS, NLL and free energies.
+coordinate representation (``extra["transform"]``: its ``kind`` and fitted
+state; files without a kind are ``cartesian``) and the training data and
+command. ``log_q`` is returned in nm coordinates: a density on the
+centroid-free subspace, parametrised by the first N-1 centred atoms, whatever
+the representation (:mod:`bgkit.coords.base`), so ``log w = -u/kT - log q`` is
+consistent across ESS, NLL and free energies.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from bgkit import BgkitError
-from bgkit.coords import CoordinateTransform
+from bgkit.coords import Representation, representation_from_state
 from bgkit.systems import System, load_system
 
 PROPOSAL_KIND = "bgkit.proposal"
@@ -34,10 +35,10 @@ def system_record(system: System) -> dict[str, Any]:
 
 @dataclass
 class Proposal:
-    """Flow + coordinate transform + the system it was trained for."""
+    """Flow + coordinate representation + the system it was trained for."""
 
     flow: torch.nn.Module
-    transform: CoordinateTransform
+    transform: Representation
     system_info: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)  #: training data, command, metrics, provenance
     path: Path | None = None
@@ -55,19 +56,37 @@ class Proposal:
         if extra.get("kind") != PROPOSAL_KIND:
             raise BgkitError(f"{path} is a training checkpoint without system information, not a bgkit proposal")
         flow_info = ckpt["flow"]
+        rep = representation_from_state(extra["transform"])
+        if int(flow_info["dim"]) != rep.dim or tuple(flow_info["hparams"].get("periodic", ())) != rep.periodic:
+            raise BgkitError(f"{path}: the flow acts on {flow_info['dim']} dimensions but its {rep.kind} coordinates "
+                             f"have {rep.dim} (periodic {list(rep.periodic)}): the file is inconsistent")
         flow = build_flow(flow_info["arch"], int(flow_info["dim"]), **flow_info["hparams"])
         try:
             flow.load_state_dict(ckpt["model"])
         except (RuntimeError, KeyError) as exc:
-            raise BgkitError(f"{path}: flow weights do not fit its architecture: {str(exc).splitlines()[0]}") from None
+            raise BgkitError(f"{path}: flow weights do not fit its architecture: {_state_dict_error(exc)}") from None
         flow = flow.to(device=device, dtype=torch.float64 if extra.get("dtype") == "float64" else torch.float32).eval()
-        proposal = cls(flow, CoordinateTransform.from_dict(extra["transform"]), extra["system"],
+        proposal = cls(flow, rep, extra["system"],
                        {"training": extra.get("training", {}), "metrics": ckpt.get("metrics", {}),
                         "provenance": ckpt.get("provenance", {}), "config": ckpt.get("config", {}),
-                        "arch": flow_info["arch"], "hparams": flow_info["hparams"]}, path)
+                        "arch": flow_info["arch"], "hparams": flow_info["hparams"], "coords": rep.kind,
+                        "step": int(ckpt.get("step", 0)), "final": bool(ckpt.get("final", True)),
+                        "planned_steps": int(ckpt.get("config", {}).get("steps", 0))}, path)
         if system is not None:
             proposal.check_system(load_system(system))
         return proposal
+
+    @property
+    def finished(self) -> bool:
+        """False for a checkpoint of a training run that was interrupted before its last step."""
+        return self.info.get("final", True)
+
+    def unfinished_note(self) -> str | None:
+        """One line saying this is an interrupted run's checkpoint, or None."""
+        if self.finished:
+            return None
+        return (f"{self.path} is the checkpoint of an unfinished training run (step {self.info['step']} of "
+                f"{self.info['planned_steps']}); resume it with `bgkit train ... --resume` to finish")
 
     def check_system(self, system: System) -> None:
         """Raise BgkitError unless this proposal was trained for ``system``."""
@@ -93,16 +112,26 @@ class Proposal:
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         """n samples: positions float64 [n, N, 3] (nm, centred) and log q (nm coordinates) float64 [n]."""
         y, log_q_flow = self.flow.sample(n, generator=generator)
-        xyz = self.transform.from_flow(y.double())
-        log_q = log_q_flow.double() + self.transform.log_det_to_flow
+        xyz, logdet_from = self.transform.from_flow(y.double())
+        log_q = log_q_flow.double() - logdet_from
         return xyz.cpu().numpy(), log_q.cpu().numpy()
 
     @torch.no_grad()
     def log_prob(self, xyz: Any, batch_size: int = 4096) -> np.ndarray:
-        """log q of positions [B, N, 3] in nm (any translation), float64 [B]."""
+        """log q of positions [B, N, 3] in nm (any translation and orientation), float64 [B];
+        -inf for frames outside the proposal's support (e.g. a mirrored stereocentre)."""
         out = []
         x = torch.as_tensor(np.asarray(xyz), dtype=torch.float64)
         for chunk in torch.split(x, batch_size):
-            y = self.transform.to_flow(chunk).to(device=self.device, dtype=self.dtype)
-            out.append(self.flow.log_prob(y).double().cpu() + self.transform.log_det_to_flow)
+            y, logdet_to = self.transform.to_flow(chunk)
+            lq = self.flow.log_prob(y.to(device=self.device, dtype=self.dtype)).double().cpu() + logdet_to
+            out.append(torch.nan_to_num(lq, nan=-torch.inf))
         return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def _state_dict_error(exc: BaseException) -> str:
+    """The first specific line of torch's load_state_dict error (not its 'Error(s) in loading' header)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = [ln for ln in lines if not ln.startswith("Error(s) in loading")]
+    more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
+    return (detail[0] if detail else lines[0] if lines else type(exc).__name__) + more

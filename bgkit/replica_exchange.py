@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import shutil
 from pathlib import Path
@@ -42,6 +43,8 @@ def temperature_ladder(t_min: float, t_max: float, n: int) -> list[float]:
     """``n`` temperatures (K) geometrically spaced from ``t_min`` to ``t_max`` (both included)."""
     if n < 2:
         raise BgkitError("replica exchange needs at least 2 temperatures")
+    if not math.isfinite(t_max):
+        raise BgkitError(f"--t-max must be a finite temperature (K), got {t_max}")
     if not t_max > t_min:
         raise BgkitError(f"--t-max ({t_max} K) must exceed the system's temperature ({t_min} K)")
     return [float(t) for t in np.geomspace(t_min, t_max, n)]
@@ -145,7 +148,7 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
     import openmm
 
     from bgkit.simulate import (_atomic, _chunk_seed, _commit, _drop_states, _progress, _state_path, _write_chunk,
-                                _write_json, open_replica)
+                                _write_json, frames_held, open_replica)
 
     settings, system, platform, rep, progress, omm_system, scorer = open_replica(folder, replica, settings_dict)
     done = None if progress is None else progress["chunks_done"]
@@ -178,29 +181,30 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
         progress, done = _progress(rep), 0
     else:
         _drop_states(rep, keep=_state_path(rep, progress).name)
-    if progress_queue is not None and done:
-        progress_queue.put((replica, done * settings.chunk_ps / 1000.0))
-    n_chunks = settings.n_chunks
-    for k in range(done, n_chunks):
+    frames_done = frames_held(progress, settings)
+    if progress_queue is not None and frames_done:
+        progress_queue.put((replica, frames_done * settings.save_every_ps / 1000.0))
+    k = done
+    while settings.chunk_frames(frames_done) > 0:  # the last chunk may be shorter; a larger --ns adds chunks
         if os.getppid() != parent:  # the run was stopped: never write into a folder nobody watches
             raise SystemExit(1)
         saved = np.load(_state_path(rep, progress))
         stats = progress["exchange"]
-        n_frames = settings.frames_per_chunk
-        if k == n_chunks - 1:  # last chunk may be shorter
-            n_frames = int(round((settings.ns * 1000.0 - k * settings.chunk_ps) / settings.save_every_ps))
+        n_frames = settings.chunk_frames(frames_done)
         result = run_iterations(omm_system, temperatures, saved["positions"], saved["velocities"], n_frames,
                                 seed=_chunk_seed(settings.seed, replica, k), **common)
         if not np.isfinite(result["frames"]).all():
             raise BgkitError(f"replica {replica}: the simulation blew up (non-finite positions) in chunk {k}")
-        times = k * settings.chunk_ps + settings.save_every_ps * np.arange(1, n_frames + 1)
+        times = settings.save_every_ps * np.arange(frames_done + 1, frames_done + n_frames + 1)
         _write_chunk(rep, k, system, result["frames"].astype(np.float32), times.astype(np.float32), scorer)
         stats = {**stats, "accepted": (np.asarray(stats["accepted"]) + result["accepted"]).tolist(),
                  "proposed": (np.asarray(stats["proposed"]) + result["proposed"]).tolist()}
-        commit(k + 1, int(k * settings.frames_per_chunk + n_frames), result, stats)
+        frames_done += n_frames
+        commit(k + 1, frames_done, result, stats)
         progress = _progress(rep)
+        k += 1
         if progress_queue is not None:
-            progress_queue.put((replica, (k * settings.chunk_ps + n_frames * settings.save_every_ps) / 1000.0))
+            progress_queue.put((replica, frames_done * settings.save_every_ps / 1000.0))
     return int(progress["frames"])
 
 

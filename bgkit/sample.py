@@ -148,15 +148,21 @@ def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: i
 
 
 def write_sample_folder(result: SampleResult, system: System, out: str | Path, force: bool = False,
-                        extra: dict[str, Any] | None = None) -> Path:
-    """Write samples.h5, weights.npz and summary.json into ``out`` (complete or not at all)."""
+                        extra: dict[str, Any] | None = None, kind: str = "bgkit.samples",
+                        more_files: tuple[str, ...] = ()) -> Path:
+    """Write samples.h5, weights.npz and summary.json into ``out`` (complete or not at all).
+
+    An existing ``out`` is replaced only with ``force`` and only if bgkit wrote it
+    (:mod:`bgkit.outputs`). The folder's ``.bgkit-output`` marker lists the files
+    written here and ``more_files``, the names the caller will add (e.g. metrics.json).
+    """
     import mdtraj
 
+    from bgkit.outputs import check_output_folder, replace_folder, write_marker
     from bgkit.provenance import provenance
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise BgkitError(f"{out} exists: choose another --out or pass --force to replace it")
+    out = Path(os.path.abspath(out))
+    check_output_folder(out, force)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -171,9 +177,8 @@ def write_sample_folder(result: SampleResult, system: System, out: str | Path, f
                              "positions": "nm"},
                    **(extra or {}), "provenance": provenance(system=system.name)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        write_marker(tmp, kind, ["samples.h5", "weights.npz", "summary.json", *more_files])
+        replace_folder(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,6 +5,7 @@ system's temperature) after energy minimisation and an equilibration period,
 and writes its trajectory in chunks::
 
     OUT/dataset.json               provenance + settings (written first, checked on resume)
+    OUT/.bgkit-output              bgkit's marker of the folders it creates (:mod:`bgkit.outputs`)
     OUT/topology.pdb               the system's topology (mdtraj: md.load(xtcs, top=...))
     OUT/rep000/chunk00000.xtc      frames of chunk 0 (positions, nm; time in ps)
     OUT/rep000/chunk00000.npy      reduced energies u/kT of the *stored* (XTC-rounded) frames, float64
@@ -19,13 +20,21 @@ was not completed, and states it wrote, are removed on resume. The Langevin
 noise of chunk k is seeded with (seed, replica, k), so a resumed run equals
 an uninterrupted one. (Datasets written before this scheme keep a single
 ``state.xml``, which progress.json implies.)
+
+``--out`` must be a dataset folder to resume, or a new or empty folder. A
+larger ``ns`` extends every replica with new chunks (also after a last chunk
+that was shorter than ``chunk_ps``); a smaller ``ns`` or fewer replicas are
+refused. Replica processes die with the command (Linux ``PR_SET_PDEATHSIG``),
+even when it is killed with SIGKILL, and no multiprocessing Manager is used.
 """
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bgkit import BgkitError
+from bgkit.outputs import MARKER, check_writable, write_marker
 from bgkit.systems import System, load_system
 
 #: friction (1/ps) for systems whose system.yaml sets no md.friction_per_ps
@@ -66,21 +76,46 @@ class MDSettings:
         return int(round(self.chunk_ps / self.save_every_ps))
 
     @property
-    def n_chunks(self) -> int:
-        return int(np.ceil(self.ns * 1000.0 / self.chunk_ps - 1e-9))
+    def total_frames(self) -> int:
+        """Frames per replica that ``ns`` asks for."""
+        return int(round(self.ns * 1000.0 / self.save_every_ps))
+
+    def chunk_frames(self, frames_done: int) -> int:
+        """Frames of the next chunk of a replica that holds ``frames_done`` frames (0: complete)."""
+        return max(0, min(self.frames_per_chunk, self.total_frames - frames_done))
 
     def validate(self) -> None:
+        """Raise BgkitError naming the first bad setting (before anything is written)."""
+        numbers = {"--ns": self.ns, "--step": self.step_fs, "--friction": self.friction_per_ps,
+                   "--save-every": self.save_every_ps, "--chunk": self.chunk_ps, "--equilibrate": self.equilibrate_ps}
+        for option, value in numbers.items():
+            if not math.isfinite(value):
+                raise BgkitError(f"{option} must be a finite number, got {value}")
         if not self.ns > 0:
             raise BgkitError("--ns must be positive")
         if self.replicas < 1:
             raise BgkitError("--replicas must be at least 1")
+        if self.seed < 0:
+            raise BgkitError(f"--seed must be >= 0, got {self.seed}")
+        if self.friction_per_ps < 0:
+            raise BgkitError(f"--friction must be >= 0 (1/ps), got {self.friction_per_ps}")
         if self.step_fs <= 0 or self.save_every_ps <= 0 or self.chunk_ps <= 0 or self.equilibrate_ps < 0:
             raise BgkitError("step, save interval and chunk length must be positive")
+        for what, ratio in (("--save-every / --step", self.save_every_ps * 1000.0 / self.step_fs),
+                            ("--ns / --save-every", self.ns * 1000.0 / self.save_every_ps),
+                            ("--chunk / --save-every", self.chunk_ps / self.save_every_ps),
+                            ("--equilibrate / --step", self.equilibrate_ps * 1000.0 / self.step_fs)):
+            if not ratio < 1e15:
+                raise BgkitError(f"{what} is {ratio:.3g}: too many steps or frames")
+        if self.total_frames < 1:
+            raise BgkitError(f"--ns {self.ns} is shorter than one frame (--save-every {self.save_every_ps} ps)")
         if abs(self.steps_per_frame * self.step_fs - self.save_every_ps * 1000.0) > 1e-6:
             raise BgkitError(f"--save-every {self.save_every_ps} ps is not a whole number of {self.step_fs} fs steps")
         if abs(self.frames_per_chunk * self.save_every_ps - self.chunk_ps) > 1e-6:
             raise BgkitError(f"chunk length {self.chunk_ps} ps is not a whole number of frames")
         t = self.temperatures_K
+        if t is not None and not all(math.isfinite(x) for x in t):
+            raise BgkitError(f"replica-exchange temperatures must be finite, got {t}")
         if t is not None and (len(t) < 2 or any(b <= a for a, b in zip(t, t[1:]))):
             raise BgkitError("replica-exchange temperatures must be at least 2 and strictly increasing")
 
@@ -119,6 +154,13 @@ def _progress(rep: Path) -> dict | None:
     """The last committed progress of a replica folder, or None before its equilibration was committed."""
     path = rep / "progress.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def frames_held(progress: dict | None, settings: MDSettings) -> int:
+    """Frames a replica's committed chunks hold (full chunks in datasets that did not record it)."""
+    if progress is None:
+        return 0
+    return int(progress.get("frames", progress["chunks_done"] * settings.frames_per_chunk))
 
 
 def _state_path(rep: Path, progress: dict) -> Path:
@@ -231,18 +273,16 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
         state_path = _state_path(rep, progress)
         _drop_states(rep, keep=state_path.name)
         state_xml = state_path.read_text()
-    if progress_queue is not None and done:
-        progress_queue.put((replica, done * settings.chunk_ps / 1000.0))
-    n_chunks = settings.n_chunks
-    for k in range(done, n_chunks):
+    frames_done = frames_held(progress, settings)
+    if progress_queue is not None and frames_done:
+        progress_queue.put((replica, frames_done * settings.save_every_ps / 1000.0))
+    k = done
+    while settings.chunk_frames(frames_done) > 0:  # the last chunk may be shorter; a larger --ns adds chunks
         # every chunk starts from the serialised state with freshly seeded noise, so an interrupted and
         # resumed run is bit-identical to an uninterrupted one
         ctx, integrator = _make_context(system, omm_system, settings, platform, _chunk_seed(settings.seed, replica, k))
         ctx.setState(openmm.XmlSerializer.deserialize(state_xml))
-        n_frames = settings.frames_per_chunk
-        if k == n_chunks - 1:  # last chunk may be shorter
-            remaining_ps = settings.ns * 1000.0 - k * settings.chunk_ps
-            n_frames = int(round(remaining_ps / settings.save_every_ps))
+        n_frames = settings.chunk_frames(frames_done)
         xyz = np.empty((n_frames, system.n_atoms, 3), dtype=np.float32)
         times = np.empty(n_frames, dtype=np.float32)
         for i in range(n_frames):
@@ -259,10 +299,31 @@ def run_replica(folder: str, replica: int, settings_dict: dict, progress_queue=N
         state_name = f"state{k + 1:05d}.xml"
         _atomic(rep / state_name, lambda fh: fh.write(state_xml.encode()))
         del ctx, integrator
-        _commit(rep, k + 1, int(k * settings.frames_per_chunk + n_frames), state_name)
+        frames_done += n_frames
+        _commit(rep, k + 1, frames_done, state_name)
+        k += 1
         if progress_queue is not None:
-            progress_queue.put((replica, (k * settings.chunk_ps + n_frames * settings.save_every_ps) / 1000.0))
+            progress_queue.put((replica, frames_done * settings.save_every_ps / 1000.0))
     return int(_progress(rep)["frames"])
+
+
+def _check_platform(name: str) -> None:
+    """BgkitError unless OpenMM has a platform called ``name``."""
+    import openmm
+
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if name not in names:
+        raise BgkitError(f"--platform {name} is not an OpenMM platform here (available: {', '.join(names)})")
+
+
+def _read_meta(meta_path: Path) -> dict:
+    """dataset.json of a dataset to resume (BgkitError if it is not one)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        meta["settings"]["ns"], meta["settings"]["replicas"], meta["topology_hash"]
+    except (ValueError, KeyError, TypeError):
+        raise BgkitError(f"{meta_path} is corrupted or not a bgkit dataset.json") from None
+    return meta
 
 
 def prepare(out: Path, system: System, settings: MDSettings) -> None:
@@ -273,11 +334,19 @@ def prepare(out: Path, system: System, settings: MDSettings) -> None:
 
     settings.validate()
     meta_path = out / "dataset.json"
+    started = (out / MARKER).is_file()  # bgkit created the folder but was stopped before dataset.json
+    if not meta_path.exists() and out.exists() and (not out.is_dir() or any(out.iterdir())) and not started:
+        raise BgkitError(f"--out {out} exists and is not a bgkit dataset (no dataset.json): "
+                         "choose a new or empty folder")
+    check_writable(meta_path)
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+        meta = _read_meta(meta_path)
         old = {"temperatures_K": None, **meta["settings"]}  # datasets written before replica exchange existed
         new = asdict(settings)
-        for key in ("ns", "replicas"):  # a run may be extended: more ns or more replicas
+        for key, option in (("ns", "--ns"), ("replicas", "--replicas")):  # a run may be extended, not shortened
+            if new[key] < old[key]:
+                raise BgkitError(f"{out} holds a run with {key} = {old[key]}: {option} {new[key]} cannot shorten it "
+                                 f"(pass {option} {old[key]} or more)")
             old.pop(key), new.pop(key)
         if old != new:
             diff = ", ".join(f"{k}: {old[k]} -> {new[k]}" for k in new if old.get(k) != new[k])
@@ -286,6 +355,7 @@ def prepare(out: Path, system: System, settings: MDSettings) -> None:
             raise BgkitError(f"{out} was simulated with a different topology than system '{system.name}'")
     else:
         out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "bgkit.md_dataset")  # a dataset grows and is never replaced: no file list
         meta = {}
     (out / "system").mkdir(exist_ok=True)
     for f in system.folder.iterdir():  # a frozen copy of the system definition
@@ -337,7 +407,8 @@ def simulate(system: str | System, out: str | os.PathLike, ns: float, replicas: 
     temperature is exported (:mod:`bgkit.replica_exchange`).
 
     Returns the total number of frames stored. Re-running the same call after
-    an interruption continues where it stopped; a larger ``ns`` extends it.
+    an interruption continues where it stopped; a larger ``ns`` extends it (a
+    smaller one is refused). Every setting is checked before anything is written.
     """
     sys_ = load_system(system)
     temperatures = None
@@ -353,28 +424,61 @@ def simulate(system: str | System, out: str | os.PathLike, ns: float, replicas: 
         raise BgkitError("--t-max only applies with --replica-exchange N (N >= 2 temperatures)")
     if friction_per_ps is None:
         friction_per_ps = float(sys_.spec.md.get("friction_per_ps", DEFAULT_FRICTION))
+    if platform is not None:
+        _check_platform(platform)
     settings = MDSettings(system=sys_.name, ns=float(ns), replicas=int(replicas), seed=int(seed), step_fs=step_fs,
                           friction_per_ps=friction_per_ps, save_every_ps=save_every_ps, chunk_ps=chunk_ps,
                           equilibrate_ps=equilibrate_ps, platform=platform, temperatures_K=temperatures)
     out = Path(out)
     prepare(out, sys_, settings)
     ctx = mp.get_context("spawn")
-    queue = ctx.Manager().Queue() if progress else None
+    queue = ctx.Queue() if progress else None  # no Manager: its server process would outlive a killed run
     total_ns = settings.ns * settings.replicas
+    kind = "md" if temperatures is None else "exchange"
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
-        with ctx.Pool(min(settings.replicas, os.cpu_count() or 1)) as pool:  # terminated on any exit path
-            if temperatures is None:
-                worker = run_replica
-            else:
-                from bgkit.replica_exchange import run_exchange_replica as worker
-            results = [pool.apply_async(worker, (str(out), r, asdict(settings), queue))
+        with ctx.Pool(min(settings.replicas, os.cpu_count() or 1), initializer=_init_worker,
+                      initargs=(queue, os.getpid())) as pool:  # terminated on any exit path
+            results = [pool.apply_async(_run_worker, (kind, str(out), r, asdict(settings)))
                        for r in range(settings.replicas)]
             _follow(results, queue, total_ns, settings.replicas)
             return sum(r.get() for r in results)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+#: the progress queue of a pool worker (set by :func:`_init_worker`)
+_QUEUE = None
+
+
+def _init_worker(queue, parent_pid: int) -> None:
+    """Pool initializer: keep the progress queue, and die with the parent even if it is SIGKILLed."""
+    global _QUEUE
+    _QUEUE = queue
+    die_with_parent(parent_pid)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make the kernel kill this process when its parent dies (Linux); exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _run_worker(kind: str, folder: str, replica: int, settings_dict: dict) -> int:
+    """Run one replica in a pool worker: plain MD (``kind`` "md") or parallel tempering ("exchange")."""
+    if kind == "md":
+        return run_replica(folder, replica, settings_dict, _QUEUE)
+    from bgkit.replica_exchange import run_exchange_replica
+
+    return run_exchange_replica(folder, replica, settings_dict, _QUEUE)
 
 
 def _raise_interrupt(signum, frame):

@@ -184,6 +184,9 @@ class System:
         path = self.pdb_path
         if not path.is_file():
             raise BgkitError(f"system '{self.name}': topology file {path} not found (run `bgkit systems build`?)")
+        problem = pdb_problem(path)
+        if problem is not None:
+            raise BgkitError(f"system '{self.name}': unreadable PDB {path}: {problem}")
         try:
             return app.PDBFile(str(path))
         except Exception as exc:  # OpenMM raises bare Exceptions for bad PDBs
@@ -342,5 +345,37 @@ def load_system(name_or_path: str | os.PathLike | System) -> System:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """An exception as one line of at most 300 characters; an HDF5 back trace as its innermost cause."""
+    text = str(exc)
+    if "HDF5 error back trace" in text:
+        text = _hdf5_cause(text)
+    text = " ".join(text.split())
     return text[:300] if text else exc.__class__.__name__
+
+
+def _hdf5_cause(text: str) -> str:
+    """The innermost cause of an HDF5 back trace ("file signature not found", "truncated file: ...")."""
+    trace = text.split("End of HDF5 error back trace")[0].splitlines()
+    causes = [line.strip() for line in trace if line.startswith("    ") and line.strip()]
+    if not causes:
+        return text
+    cause = causes[-1]
+    if cause == "file signature not found":
+        return "not an HDF5 file (file signature not found)"
+    return f"corrupted HDF5 file ({cause})"
+
+
+def pdb_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a PDB file (empty, no ATOM/HETATM records, not text), or None."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not data.strip():
+        return "the file is empty"
+    if b"\x00" in data:
+        return "not a PDB file (binary data)"
+    if not any(line.startswith(("ATOM  ", "HETATM")) for line in data.decode("latin-1").splitlines()):
+        return "no ATOM/HETATM records (not a PDB file?)"
+    return None

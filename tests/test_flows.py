@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -17,12 +18,16 @@ CONFIGS = [
     ("tarflow-sample", "tarflow", 9, dict(width=16, n_blocks=2, n_layers=1, n_heads=2)),
     ("tarflow-density", "tarflow", 9, dict(width=16, n_blocks=2, n_layers=1, n_heads=2, parallel="density")),
     ("tarflow-scalar", "tarflow", 6, dict(token_size=1, width=16, n_blocks=3, n_layers=1, n_heads=2)),
+    ("realnvp-periodic", "realnvp", 6, dict(n_layers=6, hidden=16, n_blocks=1, periodic=[1, 4], circular_bins=5)),
+    ("nsf-periodic", "nsf", 6, dict(n_layers=6, hidden=16, n_blocks=1, bins=6, periodic=[0, 3, 5])),
 ]
 IDS = [c[0] for c in CONFIGS]
 
 
-def make(arch: str, dim: int, hp: dict, dtype: torch.dtype = torch.float64, noise: float = 0.2) -> Flow:
-    """Build a flow and perturb every parameter so that it is far from the identity."""
+def make(arch: str, dim: int, hp: dict, dtype: torch.dtype = torch.float64, noise: float | None = None) -> Flow:
+    """Build a flow and perturb every parameter so that it is far from the identity (less for circle
+    maps: their conditioners see cos/sin features, and strong noise makes the Jacobian singular)."""
+    noise = noise if noise is not None else (0.1 if hp.get("periodic") else 0.2)
     torch.manual_seed(0)
     flow = build_flow(arch, dim, **hp).to(dtype)
     with torch.no_grad():
@@ -31,18 +36,32 @@ def make(arch: str, dim: int, hp: dict, dtype: torch.dtype = torch.float64, nois
     return flow
 
 
-def points(dim: int, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """Test inputs, a few beyond the spline bound (identity tails)."""
+def points(dim: int, n: int, dtype: torch.dtype, hp: dict | None = None) -> torch.Tensor:
+    """Test inputs, a few beyond the spline bound (identity tails); periodic dims in [-pi, pi),
+    the first rows exactly at and next to the cut."""
     g = torch.Generator().manual_seed(1)
     z = torch.randn(n, dim, generator=g, dtype=dtype)
     z[0] *= 4.0
+    per = list((hp or {}).get("periodic", []))
+    if per:
+        z[:, per] = (2 * torch.rand(n, len(per), generator=g, dtype=dtype) - 1) * math.pi
+        z[1, per] = -math.pi
+        z[2, per] = math.pi - 1e-6
     return z
+
+
+def circular_diff(a: torch.Tensor, b: torch.Tensor, hp: dict) -> torch.Tensor:
+    """a - b with periodic dimensions wrapped to [-pi, pi)."""
+    d = a - b
+    per = list(hp.get("periodic", []))
+    d[:, per] = torch.remainder(d[:, per] + math.pi, 2 * math.pi) - math.pi
+    return d
 
 
 @pytest.mark.parametrize("name,arch,dim,hp", CONFIGS, ids=IDS)
 def test_identity_at_init(name: str, arch: str, dim: int, hp: dict) -> None:
     flow = build_flow(arch, dim, **hp).double()
-    z = points(dim, 8, torch.float64)
+    z = points(dim, 8, torch.float64, hp)
     x, ld = flow(z)
     assert torch.allclose(x, z, atol=1e-12) and torch.allclose(ld, torch.zeros_like(ld), atol=1e-12)
 
@@ -51,20 +70,20 @@ def test_identity_at_init(name: str, arch: str, dim: int, hp: dict) -> None:
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
 def test_round_trip(name: str, arch: str, dim: int, hp: dict, dtype: torch.dtype, tol: float) -> None:
     flow = make(arch, dim, hp, dtype, noise=0.05)  # well-conditioned, yet clearly not the identity
-    z = points(dim, 64, dtype)
+    z = points(dim, 64, dtype, hp)
     x, ld = flow(z)
     assert (x - z).abs().max() > 1e-2, "perturbed flow should not be the identity"
     z2, ld_inv = flow.inverse(x)
-    assert (z2 - z).abs().max() <= tol
+    assert circular_diff(z2, z, hp).abs().max() <= tol
     assert (ld + ld_inv).abs().max() <= 100 * tol
     x2, _ = flow(flow.inverse(z)[0])
-    assert (x2 - z).abs().max() <= tol
+    assert circular_diff(x2, z, hp).abs().max() <= tol
 
 
 @pytest.mark.parametrize("name,arch,dim,hp", CONFIGS, ids=IDS)
 def test_logdet_matches_autograd(name: str, arch: str, dim: int, hp: dict) -> None:
     flow = make(arch, dim, hp)
-    z = points(dim, 3, torch.float64)
+    z = points(dim, 3, torch.float64, hp)
     x, ld = flow(z)
     z_back, ld_inv = flow.inverse(x)
     for i in range(z.shape[0]):
@@ -98,7 +117,7 @@ def test_build_flow_checkpoint_round_trip(name: str, arch: str, dim: int, hp: di
     torch.manual_seed(123)  # different init: everything must come from the state dict
     rebuilt = build_flow(ckpt["arch"], ckpt["dim"], **ckpt["hparams"])
     rebuilt.load_state_dict(ckpt["state"])
-    z = points(dim, 16, torch.float32)
+    z = points(dim, 16, torch.float32, hp)
     assert torch.equal(flow(z)[0], rebuilt(z)[0]) and torch.equal(flow.inverse(z)[0], rebuilt.inverse(z)[0])
 
 
@@ -142,5 +161,31 @@ def test_cuda_round_trip_and_cpu_generator(name: str, arch: str, dim: int, hp: d
     flow = make(arch, dim, hp, torch.float64, noise=0.05).cuda()
     x, log_q = flow.sample(16, generator=torch.Generator().manual_seed(0))
     assert x.is_cuda and torch.allclose(flow.log_prob(x), log_q, atol=1e-10)
-    z = points(dim, 16, torch.float64).cuda()
+    z = points(dim, 16, torch.float64, hp).cuda()
     assert (flow.inverse(flow(z)[0])[0] - z).abs().max() <= 1e-10
+
+
+@pytest.mark.parametrize("arch,hp", [("nsf", dict(n_layers=4, hidden=16, n_blocks=1, bins=6, periodic=[1])),
+                                     ("realnvp", dict(n_layers=4, hidden=16, n_blocks=1, periodic=[1]))])
+def test_periodic_flow_is_continuous_across_the_cut_and_normalised(arch: str, hp: dict) -> None:
+    """Angles just either side of +-pi map to nearby angles (a circle map), and q integrates to 1 on R x S^1."""
+    flow = make(arch, 2, hp, noise=0.1)
+    x = torch.tensor([[0.3, math.pi - 1e-9], [0.3, -math.pi]], dtype=torch.float64)
+    z, _ = flow.inverse(x)
+    assert circular_diff(z[:1], z[1:], hp).abs().max() < 1e-6
+    y, _ = flow(z)
+    assert circular_diff(y, x, hp).abs().max() < 1e-9
+    assert ((y[:, 1] >= -math.pi) & (y[:, 1] <= math.pi)).all()  # float rounding may give pi itself
+    s, t = torch.meshgrid(torch.linspace(-12, 12, 1201, dtype=torch.float64),
+                          torch.linspace(-math.pi, math.pi, 801, dtype=torch.float64)[:-1], indexing="ij")
+    grid = torch.stack([s.flatten(), t.flatten()], -1)
+    with torch.no_grad():
+        total = flow.log_prob(grid).exp().sum() * (24 / 1200) * (2 * math.pi / 800)
+    assert abs(float(total) - 1.0) < 2e-3
+    z_prior = flow.prior_sample(20000, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert z_prior[:, 1].min() >= -math.pi and z_prior[:, 1].max() < math.pi and abs(float(z_prior[:, 1].mean())) < 0.05
+
+
+def test_tarflow_refuses_periodic_dimensions() -> None:
+    with pytest.raises(BgkitError, match="periodic"):
+        build_flow("tarflow", 6, periodic=[1])

@@ -141,3 +141,24 @@ def test_provenance_and_atomic_writes(tmp_path) -> None:
         atomic_write(tmp_path / "p.json", failing)
     assert json.loads((tmp_path / "p.json").read_text())["seed"] == 3  # old file intact
     assert sorted(os.listdir(tmp_path)) == ["p.json", "w.pt"]  # no temp files left
+
+
+def test_ot_with_periodic_dimensions_uses_the_wrapped_cost() -> None:
+    """On torsion dimensions the cost is the squared geodesic distance on the circle (brute force)."""
+    from bgkit.train.targets import pair_cost
+
+    rng = np.random.default_rng(4)
+    wrap = lambda d: np.remainder(d + np.pi, 2 * np.pi) - np.pi  # noqa: E731
+    for _ in range(5):
+        x0 = np.concatenate([rng.standard_normal((6, 2)), rng.uniform(-np.pi, np.pi, (6, 1))], 1)
+        x1 = np.concatenate([rng.standard_normal((6, 2)), rng.uniform(-np.pi, np.pi, (6, 1))], 1)
+        cost = lambda a, b: float((((a - b)[:, :2]) ** 2).sum() + (wrap((a - b)[:, 2]) ** 2).sum())  # noqa: E731
+        costs = {p: cost(x0, x1[list(p)]) for p in itertools.permutations(range(6))}
+        best = min(costs, key=costs.get)
+        perm = ot_assignment(x0, x1, periodic=[2])
+        assert cost(x0, x1[perm]) == pytest.approx(costs[best], rel=1e-12)
+    c = pair_cost(np.array([[0.0, 3.1]]), np.array([[0.0, -3.1]]), periodic=[1])
+    assert c[0, 0] == pytest.approx((2 * np.pi - 6.2) ** 2)  # across the cut, not 6.2^2
+    x0, x1p = ot_pairs(rng.uniform(-np.pi, np.pi, (500, 3)), seed=0, periodic=[0, 2])
+    assert x0[:, [0, 2]].min() >= -np.pi and x0[:, [0, 2]].max() < np.pi  # uniform prior on the circle
+    assert abs(x0[:, [0, 2]].std() - np.pi / np.sqrt(3)) < 0.15 and abs(x0[:, 1].std() - 1) < 0.15

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from _dist_train import CrashingAugment, rotate_pairs, small_flow, toy_data
+from _dist_train import DIM, CrashingAugment, rotate_pairs, small_flow, toy_data
 from _dist_train import config as toy_config
 from bgkit import BgkitError
 from bgkit.flows import build_flow
@@ -164,6 +164,12 @@ def test_resume_rejects_mismatches(tmp_path: Path) -> None:
     with pytest.raises(BgkitError, match="samples"):
         train(small_flow(), tuple(d[:200] for d in data), None, toy_config("regflow", 10), tmp_path / "ck.pt",
               resume=True, progress=False)
+    # another architecture or size: one line naming what differs, not torch's state_dict dump
+    for other, what in ((build_flow("realnvp", DIM, n_layers=2, hidden=16, n_blocks=1), "flow arch was 'nsf', now 'realnvp'"),
+                        (build_flow("nsf", DIM, n_layers=2, hidden=32, n_blocks=1, bins=4), "hidden was 16, now 32")):
+        with pytest.raises(BgkitError, match=what) as err:
+            train(other, data, None, toy_config("regflow", 10), tmp_path / "ck.pt", resume=True, progress=False)
+        assert len(str(err.value)) < 300
 
 
 # --------------------------------------------------------------------------- checkpoints & errors

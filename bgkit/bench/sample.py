@@ -8,6 +8,11 @@ Three measurements in one run, on the same samples:
 2. energy only: ``EnergyModel.evaluate`` of those N configurations (all cores);
 3. the ``bgkit sample`` pipeline (``bgkit.sample.draw``), where the flow of batch k+1 overlaps
    the energies of batch k, so its wall time is less than the sum of 1 and 2.
+
+With ``--compare`` (default on), step 1 is repeated for a proposal of the same architecture
+and size in the other coordinate representation (internal <-> cartesian, freshly initialised:
+the cost of a flow does not depend on its weights), interleaved over ``--rounds`` rounds
+(best of each), and the ratio of samples/s is printed.
 """
 from __future__ import annotations
 
@@ -35,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--batch-size", type=int, default=2000)
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--no-compare", dest="compare", action="store_false",
+                    help="skip the same-size proposal in the other coordinate representation")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the flow-only comparison")
     args = ap.parse_args(argv)
     system = load_system(args.system)
     proposal = Proposal.load(args.model or system.folder / "proposal.pt", system=system)
@@ -43,12 +51,23 @@ def main(argv: list[str] | None = None) -> None:
           f"{workers} energy workers, {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
           flush=True)
 
-    generator = torch.Generator().manual_seed(0)
-    t = time.perf_counter()
-    chunks = [proposal.sample(min(args.batch_size, args.n - i), generator=generator)
-              for i in range(0, args.n, args.batch_size)]
-    flow_s = time.perf_counter() - t
-    xyz = np.concatenate([c[0] for c in chunks])
+    def flow_only(p) -> tuple[float, np.ndarray]:
+        generator = torch.Generator().manual_seed(0)
+        t = time.perf_counter()
+        chunks = [p.sample(min(args.batch_size, args.n - i), generator=generator)
+                  for i in range(0, args.n, args.batch_size)]
+        return time.perf_counter() - t, np.concatenate([c[0] for c in chunks])
+
+    twin = _twin(proposal, system) if args.compare else None
+    times: dict[str, list[float]] = {proposal.transform.kind: []}
+    if twin is not None:
+        times[twin.transform.kind] = []
+    for _ in range(max(1, args.rounds) if twin is not None else 1):
+        s_main, xyz = flow_only(proposal)
+        times[proposal.transform.kind].append(s_main)
+        if twin is not None:
+            times[twin.transform.kind].append(flow_only(twin)[0])
+    flow_s = min(times[proposal.transform.kind])
 
     with EnergyModel(system, n_workers=workers) as model:
         model.evaluate(xyz[:100])  # workers started and warm
@@ -68,11 +87,19 @@ def main(argv: list[str] | None = None) -> None:
         "energy_per_s": args.n / energy_s,
         "pipeline_samples_per_s": args.n / result.seconds,
         "n_nonfinite_energy": int((~np.isfinite(batch.energy_kt)).sum()),
+        "coords": proposal.transform.kind,
+        "flow_only_s_by_coords": {k: min(v) for k, v in times.items()},
     }
     print(f"flow only   (sample + log q): {flow_s:8.1f} s  {rows['flow_samples_per_s']:9.0f} samples/s")
     print(f"energy only ({workers} workers):     {energy_s:8.1f} s  {rows['energy_per_s']:9.0f} energies/s")
     print(f"bgkit sample pipeline:        {result.seconds:8.1f} s  {rows['pipeline_samples_per_s']:9.0f} samples/s "
           f"(flow {result.flow_seconds:.1f} s + waiting for energies {result.energy_seconds:.1f} s)")
+    if twin is not None:
+        kinds = {k: args.n / min(v) for k, v in times.items()}
+        ratio = kinds["cartesian"] / kinds["internal"]
+        rows["cartesian_over_internal_samples_per_s"] = ratio
+        print(f"flow only, same {proposal.info['arch']} size: " + ", ".join(f"{k} {v:.0f} samples/s" for k, v in kinds.items())
+              + f"; cartesian / internal = {ratio:.2f} (best of {args.rounds} interleaved rounds)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"results": rows, "provenance": provenance(system=system.name)}, fh, indent=2)
@@ -80,3 +107,19 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _twin(proposal, system):
+    """A freshly initialised proposal of the same architecture and hyperparameters in the other representation."""
+    from bgkit.coords import fit_representation
+    from bgkit.data import load_dataset
+    from bgkit.flows import build_flow
+    from bgkit.proposal import Proposal
+
+    kind = "cartesian" if proposal.transform.kind == "internal" else "internal"
+    rep = fit_representation(kind, load_dataset(system.name).split("train")[::10], system)
+    hp = {k: v for k, v in proposal.info["hparams"].items() if k not in ("periodic", "circular_bins")}
+    if rep.periodic:
+        hp["periodic"] = list(rep.periodic)
+    flow = build_flow(proposal.info["arch"], rep.dim, **hp).to(proposal.dtype).eval()
+    return Proposal(flow, rep, proposal.system_info, {"arch": proposal.info["arch"], "hparams": hp})

@@ -1,7 +1,10 @@
 """Shared pieces of the invertible flows: the `Flow` interface and small nets.
 
 All flows act on flat vectors of dimension D (dimensionless flow coordinates,
-see `bgkit.coords`) and use a standard normal prior N(0, I_D).
+see `bgkit.coords`). The prior is N(0, 1) on every ordinary dimension and the
+uniform distribution on [-pi, pi) on every *periodic* dimension (a torsion
+angle; the flow's ``periodic`` indices), so a flow without periodic dimensions
+has the standard normal prior N(0, I_D).
 """
 from __future__ import annotations
 
@@ -16,6 +19,23 @@ from torch import Tensor, nn
 def std_normal_log_prob(z: Tensor) -> Tensor:
     """log N(z; 0, I) of rows z [B, D] -> [B]."""
     return -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
+def periodic_mask(dim: int, periodic: Any) -> Tensor:
+    """Bool mask [dim] of the periodic dimensions; ValueError for indices out of range or repeated."""
+    idx = [int(i) for i in (periodic or ())]
+    if len(set(idx)) != len(idx) or any(not 0 <= i < dim for i in idx):
+        raise ValueError(f"periodic indices must be distinct and in [0, {dim}), got {idx}")
+    mask = torch.zeros(dim, dtype=torch.bool)
+    mask[idx] = True
+    return mask
+
+
+def wrap_periodic(x: Tensor, mask: Tensor) -> Tensor:
+    """x [B, D] with the masked dimensions wrapped to [-pi, pi)."""
+    if not bool(mask.any()):
+        return x
+    return torch.where(mask, torch.remainder(x + math.pi, 2 * math.pi) - math.pi, x)
 
 
 def softclamp(x: Tensor, bound: float) -> Tensor:
@@ -63,6 +83,31 @@ class Flow(nn.Module, abc.ABC):
         super().__init__()
         self.dim = int(dim)
         self.hparams = dict(hparams)
+        self.register_buffer("periodic_mask", periodic_mask(self.dim, hparams.get("periodic")), persistent=False)
+
+    @property
+    def periodic(self) -> tuple[int, ...]:
+        """Indices of the periodic dimensions (angles on [-pi, pi))."""
+        return tuple(int(i) for i in torch.nonzero(self.periodic_mask).flatten())
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        """log prior [B] of z [B, D]: N(0, 1) per ordinary dimension, -log(2 pi) per periodic one."""
+        mask = self.periodic_mask
+        n_per = int(mask.sum())
+        if n_per == 0:
+            return std_normal_log_prob(z)
+        return std_normal_log_prob(z[:, ~mask]) - n_per * math.log(2 * math.pi)
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None,
+                     device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """n prior draws [n, D]; `generator` draws on its own device, the result moves to `device`."""
+        gdev = generator.device if generator is not None else device
+        z = torch.randn(n, self.dim, generator=generator, device=gdev, dtype=dtype)
+        mask = self.periodic_mask.to(z.device)
+        if bool(mask.any()):
+            u = torch.rand(n, self.dim, generator=generator, device=gdev, dtype=dtype)
+            z = torch.where(mask, (2 * u - 1) * math.pi, z)
+        return z.to(device) if device is not None else z
 
     @abc.abstractmethod
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,7 +120,7 @@ class Flow(nn.Module, abc.ABC):
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x) [B] of points x [B, D] in flow coordinates."""
         z, logdet_inv = self.inverse(x)
-        return std_normal_log_prob(z) + logdet_inv
+        return self.prior_log_prob(z) + logdet_inv
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw n samples: returns (x [n, D], log q(x) [n]) from the forward pass only.
@@ -84,10 +129,9 @@ class Flow(nn.Module, abc.ABC):
         the flow's device/dtype. Gradients flow unless called under ``torch.no_grad()``.
         """
         ref = next(self.parameters())
-        device = generator.device if generator is not None else ref.device
-        z = torch.randn(n, self.dim, generator=generator, device=device, dtype=ref.dtype).to(ref.device)
+        z = self.prior_sample(n, generator, device=ref.device, dtype=ref.dtype)
         x, logdet = self.forward(z)
-        return x, std_normal_log_prob(z) - logdet
+        return x, self.prior_log_prob(z) - logdet
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, hparams={self.hparams}"

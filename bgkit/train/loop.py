@@ -478,7 +478,7 @@ def _train(
     start_step, wall_before = 0, 0.0
     if resume:
         ckpt = load_checkpoint(out_path)
-        _check_resume(ckpt, cfg, ctx, n, out_path)
+        _check_resume(ckpt, cfg, ctx, n, out_path, flow_info)
         flow.load_state_dict(ckpt["raw_model"])
         ema.model.load_state_dict(ckpt["model"])
         ema.updates = int(ckpt["ema_updates"])
@@ -570,8 +570,19 @@ def _train(
     return _result(out_path, metrics, history)
 
 
-def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, ctx: _Dist, n: int, path: Path) -> None:
+def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, ctx: _Dist, n: int, path: Path,
+                  flow_info: dict[str, Any] | None = None) -> None:
     old = ckpt["config"]
+    old_flow = ckpt.get("flow") or {}
+    if flow_info is not None and old_flow:
+        for key in ("arch", "dim"):
+            if old_flow.get(key) != flow_info.get(key):
+                raise BgkitError(f"cannot resume from {path}: flow {key} was {old_flow.get(key)!r}, now {flow_info.get(key)!r}")
+        a, b = old_flow.get("hparams") or {}, flow_info.get("hparams") or {}
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if changed:
+            diffs = ", ".join(f"{k} was {a.get(k)!r}, now {b.get(k)!r}" for k in changed[:3])
+            raise BgkitError(f"cannot resume from {path}: flow hyperparameters differ ({diffs})")
     for name in _RESUME_FIELDS:
         a, b = old.get(name), getattr(cfg, name)
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):

@@ -1,11 +1,13 @@
 """Training proposals for molecular systems: data -> flow space -> targets -> training loop.
 
 This is what ``bgkit targets ot`` and ``bgkit train`` run. Frames of the
-dataset's train split are centred and scaled by a :class:`CoordinateTransform`
-fitted on them; OT targets store that transform so training uses exactly the
-same flow space; random SO(3) rotations augment every batch (one rotation per
-row, the same for x0 and x1 of a RegFlow pair: it keeps the OT cost and the
-N(0, I) prior law).
+dataset's train split are mapped to flow space by a coordinate representation
+(:mod:`bgkit.coords`: ``cartesian`` or ``internal``) fitted on them; OT targets
+store that representation so training uses exactly the same flow space. The
+representation's ``augment`` is applied to every batch: for ``cartesian``, one
+uniform SO(3) rotation per row, the same for x0 and x1 of a RegFlow pair (it
+keeps the OT cost and the N(0, I) prior law); ``internal`` coordinates are
+rotation-invariant and need none.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from bgkit import BgkitError
-from bgkit.coords import CoordinateTransform, random_rotations
+from bgkit.coords import Representation, fit_representation, representation_from_state
 from bgkit.data import Dataset, load_dataset
 from bgkit.proposal import PROPOSAL_KIND, system_record
 from bgkit.systems import load_system
@@ -32,18 +34,24 @@ def _frames(dataset: Dataset, split: str, max_frames: int | None, seed: int) -> 
     return xyz.astype(np.float64)
 
 
-def rotate_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Apply one uniform random rotation per row to every flow-space tensor [b, 3(N-1)] alike."""
-    b = tensors[0].shape[0]
-    R = random_rotations(b, dtype=tensors[0].dtype, device=tensors[0].device)
-    return tuple(torch.einsum("bij,bnj->bni", R, t.reshape(b, -1, 3)).reshape(b, -1) for t in tensors)
+def to_flow_space(rep: Representation, xyz: np.ndarray) -> np.ndarray:
+    """Flow vectors [n, D] (float64) of frames xyz [n, N, 3]; BgkitError if some fall outside the support."""
+    y, _ = rep.to_flow(torch.as_tensor(xyz, dtype=torch.float64))
+    bad = ~torch.isfinite(y).all(-1)
+    if bool(bad.any()):
+        raise BgkitError(f"{int(bad.sum())} of {len(y)} frames fall outside the {rep.kind} representation fitted on "
+                         "the training frames (e.g. a mirrored stereocentre)")
+    return y.numpy()
 
 
 def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: int | None = None,
-                    block_size: int = 4096, seed: int = 0, align: bool = True) -> dict[str, Any]:
+                    block_size: int = 4096, seed: int = 0, align: bool = True,
+                    coords: str = "cartesian") -> dict[str, Any]:
     """Exact-OT RegFlow targets for the train split of ``data`` (default: the system's shipped data).
 
-    With ``align`` (default) the equivalent terminal atoms of each target frame (methyl
+    ``coords``: the flow space ("cartesian" | "internal"); in internal coordinates the
+    cost on torsions is the squared wrapped (geodesic) difference. With ``align``
+    (cartesian only; default) the equivalent terminal atoms of each target frame (methyl
     hydrogens, ...) are relabelled to the permutation nearest to its prior draw
     (:mod:`bgkit.symmetry`); the groups, checked for energy invariance, are recorded.
     """
@@ -56,18 +64,20 @@ def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: in
     if dataset.meta["topology_hash"] != sys_.topology_hash:
         raise BgkitError(f"dataset {dataset.folder} was simulated for another topology than system '{sys_.name}'")
     xyz = _frames(dataset, "train", n, seed)
-    transform = CoordinateTransform.fit(xyz)
-    y = transform.to_flow(torch.as_tensor(xyz)).numpy()
+    rep = fit_representation(coords, xyz, sys_)
+    y = to_flow_space(rep, xyz)
     t0 = time.time()
-    x0, x1 = ot_pairs(y, seed=seed, block_size=block_size)
+    x0, x1 = ot_pairs(y, seed=seed, block_size=block_size, periodic=rep.periodic)
     seconds = time.time() - t0
     groups, rejected, relabelled = [], [], 0
-    if align:
+    if align and rep.kind == "cartesian":
         from bgkit.symmetry import align_groups, equivalent_groups
 
         groups, rejected = equivalent_groups(sys_, xyz[np.linspace(0, len(xyz) - 1, 4).round().astype(int)])
         x1, relabelled = align_groups(x0, x1, groups)
-    info = {"system": system_record(sys_), "transform": transform.state_dict(), "dataset": str(dataset.folder),
+    info = {"system": system_record(sys_), "transform": rep.state_dict(), "coords": rep.kind,
+            "cost": "squared euclidean" + ("; squared wrapped difference on torsions" if rep.periodic else ""),
+            "dataset": str(dataset.folder),
             "split": "train", "frames": len(xyz), "block_size": block_size, "seconds": seconds,
             "aligned_groups": groups, "rejected_groups": rejected, "relabelled_pairs": relabelled}
     save_targets(out, x0, x1, provenance(seed=seed, **info), kind="ot")
@@ -76,8 +86,14 @@ def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: in
 
 def train_proposal(system: str, arch: str, objective: str, out: str | Path, targets: str | None = None,
                    data: str | None = None, max_frames: int | None = None, hparams: dict | None = None,
-                   config_overrides: dict | None = None, resume: bool = False, progress: bool = True):
-    """Train a flow for ``system`` with RegFlow (on ``targets``) or MLE; the checkpoint is a proposal."""
+                   config_overrides: dict | None = None, resume: bool = False, progress: bool = True,
+                   coords: str | None = None):
+    """Train a flow for ``system`` with RegFlow (on ``targets``) or MLE; the checkpoint is a proposal.
+
+    ``coords`` ("cartesian" | "internal"): the flow space. RegFlow takes it from the targets
+    file (an explicit, different ``coords`` is an error); MLE fits it on the train frames
+    (default "cartesian").
+    """
     from bgkit.flows import build_flow
     from bgkit.train.loop import TrainConfig, train
     from bgkit.train.targets import load_targets, ot_pairs
@@ -95,10 +111,13 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         prov = t.provenance
         if prov.get("system", {}).get("topology_hash") != sys_.topology_hash:
             raise BgkitError(f"targets {targets} were made for system '{prov.get('system', {}).get('name')}', not '{sys_.name}'")
-        transform = CoordinateTransform.from_dict(prov["transform"])
+        rep = representation_from_state(prov["transform"])
+        if coords is not None and coords != rep.kind:
+            raise BgkitError(f"targets {targets} are in {rep.kind} coordinates, not {coords}: "
+                             f"make targets with `bgkit targets ot --coords {coords}`")
         train_data = (torch.as_tensor(t.x0), torch.as_tensor(t.x1))
-        y_val = transform.to_flow(torch.as_tensor(val_xyz)).numpy()
-        v0, v1 = ot_pairs(y_val, seed=cfg.seed + 1, block_size=1000)
+        y_val = to_flow_space(rep, val_xyz)
+        v0, v1 = ot_pairs(y_val, seed=cfg.seed + 1, block_size=1000, periodic=rep.periodic)
         if prov.get("aligned_groups"):  # validate on pairs made like the training pairs
             from bgkit.symmetry import align_groups
 
@@ -108,9 +127,9 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         targets_record = _targets_record(prov)
     elif objective == "mle":
         xyz = _frames(dataset, "train", max_frames, cfg.seed)
-        transform = CoordinateTransform.fit(xyz)
-        train_data = transform.to_flow(torch.as_tensor(xyz)).float()
-        val_data = transform.to_flow(torch.as_tensor(val_xyz)).float()
+        rep = fit_representation(coords or "cartesian", xyz, sys_)
+        train_data = torch.as_tensor(to_flow_space(rep, xyz))
+        val_data = torch.as_tensor(to_flow_space(rep, val_xyz))
         n_train = len(xyz)
         targets_record = None
     else:
@@ -118,32 +137,50 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
     if isinstance(train_data, tuple):
         train_data = tuple(x.float() for x in train_data)
         val_data = tuple(x.float() for x in val_data)
-    flow = build_flow(arch, transform.dim, **(hparams or {}))
+    else:
+        train_data, val_data = train_data.float(), val_data.float()
+    hp = dict(hparams or {})
+    if rep.periodic:
+        if arch == "tarflow":
+            raise BgkitError("tarflow has no periodic (circular) transforms: use --arch nsf or realnvp with "
+                             "--coords internal, or tarflow with --coords cartesian")
+        hp["periodic"] = list(rep.periodic)
+    torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed
+    flow = build_flow(arch, rep.dim, **hp)
     extra = {
         "kind": PROPOSAL_KIND,
         "system": system_record(sys_),
-        "transform": transform.state_dict(),
+        "transform": rep.state_dict(),
         "training": {"command": " ".join(sys.argv), "dataset": str(dataset.folder),
                      "dataset_frames": dataset.n_frames, "train_frames": n_train, "targets": targets,
-                     "targets_provenance": targets_record, "objective": objective, "arch": arch},
+                     "targets_provenance": targets_record, "objective": objective, "arch": arch, "coords": rep.kind},
     }
-    return train(flow, train_data, val_data, cfg, out, resume=resume, augment=lambda batch: rotate_rows(*batch),
+    augment = rep.augment if rep.kind == "cartesian" else None
+    return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
                  extra_checkpoint=extra, progress=progress)
 
 
 def _targets_record(prov: dict[str, Any]) -> dict[str, Any]:
     """What a proposal keeps of its targets' provenance: how they were made."""
-    keys = ("command", "seed", "time_utc", "bgkit_version", "dataset", "split", "frames", "block_size",
+    keys = ("command", "seed", "time_utc", "bgkit_version", "dataset", "split", "frames", "block_size", "coords", "cost",
             "aligned_groups", "rejected_groups", "relabelled_pairs")
     return {k: prov[k] for k in keys if k in prov}
 
 
-def export_proposal(checkpoint: str | Path, out: str | Path, metrics: dict | None = None) -> Path:
-    """A slim copy of a training checkpoint for shipping: EMA weights and metadata, no optimiser state."""
+def export_proposal(checkpoint: str | Path, out: str | Path, metrics: dict | None = None,
+                    unfinished: bool = False) -> Path:
+    """A slim copy of a training checkpoint for shipping: EMA weights and metadata, no optimiser state.
+
+    The checkpoint of an interrupted run (not at its last step) is refused unless ``unfinished``.
+    """
     from bgkit.provenance import atomic_save
     from bgkit.train.loop import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
+    if not ckpt.get("final", True) and not unfinished:
+        raise BgkitError(f"{checkpoint} is the checkpoint of an unfinished training run (step {ckpt['step']} of "
+                         f"{ckpt['config'].get('steps')}): finish it with `bgkit train ... --resume`, or pass "
+                         "--unfinished to export it anyway")
     training = ckpt.get("extra", {}).get("training", {})
     if training.get("targets") and training.get("targets_provenance") is None:  # checkpoints of bgkit <= 0.1.0
         from bgkit.train.targets import load_targets

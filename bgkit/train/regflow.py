@@ -14,6 +14,9 @@ with the regulariser R either
   (one inverse pass, no Jacobian), or
 * ``None``.
 
+On the flow's periodic dimensions (torsions) differences are wrapped to
+[-pi, pi): the squared error is the squared geodesic distance on the circle.
+
 Units: flow-space coordinates (after bgkit's coordinate scaling); the error
 is **summed over the D dimensions** and averaged over the batch, so the loss
 scales with D (divide by D for a per-dimension MSE; ``stats["mse_per_dim"]``).
@@ -25,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from bgkit import BgkitError
+from bgkit.flows.base import wrap_periodic
 
 __all__ = ["regflow_loss", "REGULARISERS"]
 
@@ -64,12 +68,14 @@ def regflow_loss(
     if noise_std > 0:
         noise = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=x1.device)
         target = x1 + noise_std * noise
-    mse = (pred - target).pow(2).sum(dim=1).mean()
+    mask = getattr(flow, "periodic_mask", None)
+    wrap = (lambda d: wrap_periodic(d, mask)) if mask is not None and bool(mask.any()) else (lambda d: d)
+    mse = wrap(pred - target).pow(2).sum(dim=1).mean()
     if reg == "logdet":
         penalty = logdet.pow(2).mean()
     elif reg == "fb":
         z_rec, _ = flow.inverse(pred)
-        penalty = (z_rec - x0).pow(2).sum(dim=1).mean()
+        penalty = wrap(z_rec - x0).pow(2).sum(dim=1).mean()
     else:
         penalty = mse.new_zeros(())
     loss = mse + reg_weight * penalty if reg is not None else mse

@@ -38,21 +38,35 @@ import numpy as np
 from bgkit import BgkitError
 from bgkit.provenance import atomic_write_bytes
 
-__all__ = ["ot_assignment", "ot_pairs", "Targets", "save_targets", "load_targets", "TARGET_KINDS"]
+__all__ = ["pair_cost", "ot_assignment", "ot_pairs", "Targets", "save_targets", "load_targets", "TARGET_KINDS"]
 
 TARGET_KINDS = ("ot", "reflow")
 _FORMAT = "bgkit-targets"
 _FORMAT_VERSION = 1
 
 
-def ot_assignment(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
-    """Exact squared-Euclidean OT assignment between two equal-size sets.
+def pair_cost(x0: np.ndarray, x1: np.ndarray, periodic: tuple[int, ...] | list[int] = ()) -> np.ndarray:
+    """Cost matrix [m, n]: squared Euclidean distance, with the squared geodesic (wrapped)
+    difference wrap(a − b)² on the circle for the ``periodic`` dimensions (torsions, rad)."""
+    import ot  # noqa: PLC0415
+
+    per = np.zeros(x0.shape[1], dtype=bool)
+    per[list(periodic)] = True
+    cost = ot.dist(x0[:, ~per], x1[:, ~per], metric="sqeuclidean") if (~per).any() else np.zeros((len(x0), len(x1)))
+    for d in np.flatnonzero(per):
+        diff = np.remainder(x0[:, d, None] - x1[None, :, d] + np.pi, 2 * np.pi) - np.pi
+        cost += diff * diff
+    return cost
+
+
+def ot_assignment(x0: np.ndarray, x1: np.ndarray, periodic: tuple[int, ...] | list[int] = ()) -> np.ndarray:
+    """Exact OT assignment between two equal-size sets for the cost of :func:`pair_cost`.
 
     Args:
-        x0: [m, D] source points. x1: [m, D] target points.
+        x0: [m, D] source points. x1: [m, D] target points. periodic: angle dimensions.
     Returns:
-        perm: [m] int64 permutation such that Σ_i ||x0[i] − x1[perm[i]]||² is
-        minimal.
+        perm: [m] int64 permutation such that Σ_i c(x0[i], x1[perm[i]]) is
+        minimal (c: squared Euclidean, wrapped on periodic dimensions).
     """
     import ot  # noqa: PLC0415
     from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
@@ -62,7 +76,7 @@ def ot_assignment(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
     m = x0.shape[0]
     if m == 0:
         return np.zeros(0, dtype=np.int64)
-    cost = ot.dist(x0, x1, metric="sqeuclidean")  # [m, m]
+    cost = pair_cost(x0, x1, periodic)  # [m, m]
     w = np.full(m, 1.0 / m)
     plan, log = ot.emd(w, w, cost, numItermax=max(100_000, 50 * m * m), log=True)
     perm = plan.argmax(axis=1)
@@ -82,8 +96,13 @@ def ot_pairs(
     block_size: int = 4096,
     return_index: bool = False,
     progress: bool = False,
+    periodic: tuple[int, ...] | list[int] = (),
 ) -> tuple[np.ndarray, ...]:
-    """Pair n prior draws x0 ~ N(0, I) with the n data frames by blocked exact OT.
+    """Pair n prior draws x0 with the n data frames by blocked exact OT.
+
+    The prior is the flows' (:mod:`bgkit.flows.base`): N(0, 1) per ordinary
+    dimension, uniform on [-pi, pi) per ``periodic`` dimension; the cost is
+    :func:`pair_cost` (wrapped differences on periodic dimensions).
 
     The frames are shuffled with ``seed`` and split into
     ceil(n / block_size) blocks of near-equal size (≤ ``block_size``); each
@@ -126,7 +145,9 @@ def ot_pairs(
     for block in blocks_iter:
         m = block.size
         z = rng.standard_normal((m, dim))
-        perm = ot_assignment(z, x1[block])
+        if len(periodic):
+            z[:, list(periodic)] = rng.uniform(-np.pi, np.pi, size=(m, len(periodic)))
+        perm = ot_assignment(z, x1[block], periodic)
         x0_out[start : start + m] = z
         index[start : start + m] = block[perm]
         start += m
