@@ -265,8 +265,15 @@ def targets_ot(system_name, data, n, block_size, seed, out, force, align, coords
 @main.command()
 @click.option("--system", "system_name", required=True, help="Shipped system name or system folder.")
 @click.option("--arch", type=click.Choice(["realnvp", "nsf", "tarflow"]), required=True, help="Flow architecture.")
-@click.option("--objective", type=click.Choice(["regflow", "mle"]), required=True,
-              help="RegFlow (regression onto --targets) or maximum likelihood on the data.")
+@click.option("--objective", type=click.Choice(["regflow", "mle", "kl"]), required=True,
+              help="RegFlow (regression onto --targets), maximum likelihood on the data (mle), or maximum "
+                   "likelihood + --kl-weight x reverse KL to the Boltzmann distribution (kl; needs energies and "
+                   "forces each step, best started from an mle flow with --init).")
+@click.option("--init", "init", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Start from this proposal's weights and coordinates (same --arch; its hyperparameters are used).")
+@click.option("--kl-weight", type=float, default=1.0, show_default=True, help="kl: weight of the reverse-KL term.")
+@click.option("--energy-workers", type=int, default=1, show_default=True,
+              help="kl: OpenMM worker processes for the energies and forces of flow samples.")
 @click.option("--targets", "targets_path", default=None, help="Targets file (RegFlow).")
 @click.option("--coords", type=click.Choice(_COORDS), default=None,
               help="Flow space for MLE (default cartesian); RegFlow takes it from --targets.")
@@ -289,8 +296,9 @@ def targets_ot(system_name, data, n, block_size, seed, out, force, align, coords
               help="Checkpoint file to write (.pt), also a proposal.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
-def train(system_name, arch, objective, targets_path, coords, data, steps, batch_size, lr, reg, reg_weight, noise,
-          hparams, max_frames, seed, max_seconds, device, out, resume, force) -> None:
+def train(system_name, arch, objective, init, kl_weight, energy_workers, targets_path, coords, data, steps,
+          batch_size, lr, reg, reg_weight, noise, hparams, max_frames, seed, max_seconds, device, out, resume,
+          force) -> None:
     """Train a flow; the checkpoint --out is a self-contained proposal."""
     from bgkit.train.molecular import train_proposal
 
@@ -305,8 +313,15 @@ def train(system_name, arch, objective, targets_path, coords, data, steps, batch
            "reg_weight": reg_weight, "noise_std": noise, "seed": seed, "device": device,
            "warmup_steps": min(500, steps // 10), "val_every": max(1, min(500, steps // 10)),
            "ckpt_every": max(1, min(1000, steps // 5)), "max_seconds": max_seconds}
+    if objective == "kl":
+        cfg["kl_weight"] = kl_weight
+    if energy_workers < 1:
+        raise BgkitError(f"--energy-workers must be >= 1, got {energy_workers}")
+    if init is not None and init.resolve() == out.resolve():
+        raise BgkitError("--init and --out are the same file: write the new run to another --out")
     result = train_proposal(system_name, arch, objective, out, targets=targets_path, data=data,
-                            max_frames=max_frames, hparams=hp, config_overrides=cfg, resume=resume, coords=coords)
+                            max_frames=max_frames, hparams=hp, config_overrides=cfg, resume=resume, coords=coords,
+                            init=init, energy_workers=energy_workers)
     m = result.metrics
     click.echo(f"wrote {out}: {m.get('steps')} steps, final train loss {m.get('final_train_loss'):.4g}, "
                f"val loss {m.get('final_val_loss')}, {m.get('samples_per_s', 0):.0f} samples/s")
@@ -471,7 +486,8 @@ def evaluate(system_name, model, n, seed, batch_size, device, workers, out, forc
                         more_files=("metrics.json", "ramachandran.png", "energies.png", "log_weights.png"))
     write_metrics(metrics, out)
     add_to_marker(out, ["metrics.json", *write_figures(result, dataset, out)])
-    for key in ("ess", "ess_fraction", "e_w2_proposal", "e_w2_resampled", "t_w2_proposal", "t_w2_resampled",
+    for key in ("ess", "ess_fraction", "ess_fraction_clipped", "e_w2_proposal", "e_w2_resampled",
+                "e_w2_resampled_unclipped", "t_w2_proposal", "t_w2_resampled", "t_w2_resampled_unclipped",
                 "nll_test", "samples_per_second"):
         click.echo(f"{key:20s} {metrics[key]:.4f}")
     if metrics.get("noise_floor"):

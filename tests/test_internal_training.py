@@ -140,3 +140,20 @@ def test_wrong_dimension_proposal_names_the_mismatch(runs, tmp_path) -> None:
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(BgkitError, match=f"size mismatch for {first}"):
         Proposal.load(tmp_path / "bad.pt")
+
+
+def test_kl_fine_tuning_from_an_mle_flow(runs, tmp_path) -> None:
+    """`--objective kl --init`: same representation and weights to start, energies from OpenMM, a proposal out."""
+    from bgkit.proposal import Proposal
+
+    root, _ = runs
+    res = bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "kl", "--init", root / "nsf-mle.pt",
+                "--max-frames", 300, "--steps", 6, "--batch-size", 32, "--lr", 1e-4, "--out", tmp_path / "kl.pt")
+    assert res.returncode == 0, res.stderr
+    start, tuned = Proposal.load(root / "nsf-mle.pt"), Proposal.load(tmp_path / "kl.pt")
+    assert tuned.transform == start.transform and tuned.info["hparams"] == start.info["hparams"]
+    assert tuned.info["training"]["init"] == str(root / "nsf-mle.pt") and tuned.info["config"]["objective"] == "kl"
+    assert "log_w_std" in torch.load(tmp_path / "kl.pt", weights_only=True)["history"][-1]
+    res = bgkit("train", "--system", "ala2", "--arch", "realnvp", "--objective", "kl", "--init", root / "nsf-mle.pt",
+                "--steps", 6, "--batch-size", 32, "--out", tmp_path / "kl2.pt")
+    assert_one_line_error(res, "is a nsf flow, not realnvp")

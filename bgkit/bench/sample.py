@@ -105,9 +105,6 @@ def main(argv: list[str] | None = None) -> None:
             json.dump({"results": rows, "provenance": provenance(system=system.name)}, fh, indent=2)
 
 
-if __name__ == "__main__":
-    main()
-
 
 def _twin(proposal, system):
     """A freshly initialised proposal of the same architecture and hyperparameters in the other representation."""
@@ -123,3 +120,7 @@ def _twin(proposal, system):
         hp["periodic"] = list(rep.periodic)
     flow = build_flow(proposal.info["arch"], rep.dim, **hp).to(proposal.dtype).eval()
     return Proposal(flow, rep, proposal.system_info, {"arch": proposal.info["arch"], "hparams": hp})
+
+
+if __name__ == "__main__":
+    main()

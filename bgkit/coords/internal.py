@@ -6,12 +6,14 @@ is removed: atom 0 sits at the origin, atom 1 on the x axis, atom 2 in the xy
 plane; reconstructed frames are centred.
 
 * bonds and angles are standardised with the training mean and std;
-* a torsion whose training values leave a gap wider than pi on the circle is
-  **bounded**: cut in the middle of the gap, the open interval mapped to R by
-  a logit and standardised. A branch torsion whose training values all have one
-  sign (a stereocentre) is bounded to that sign's half circle (0, pi) or
-  (-pi, 0): mirrored stereocentres cannot be sampled;
-* the other torsions are **periodic**: y = wrap(phi - cut - pi) on [-pi, pi),
+* a branch torsion (the fixed offset between two substituents of one atom) is
+  **bounded**: if its training values all have one sign (an sp3 centre) to that
+  sign's half circle (0, pi) or (-pi, 0), so mirrored stereocentres cannot be
+  sampled; otherwise (sp2, ~180 deg), if its values leave a gap wider than pi,
+  to the open interval cut in the middle of that gap. The interval is mapped to
+  R by a logit and standardised;
+* every chain torsion (phi, psi, omega, rotors: any of them may visit rare
+  basins) and any other branch torsion is **periodic**: y = wrap(phi - cut - pi) on [-pi, pi),
   the cut (y = +-pi) in the middle of the widest gap of the training values;
   flows treat them as circles (circular splines, uniform prior), so no density
   mass is lost at the cut.
@@ -108,7 +110,7 @@ class InternalCoords(Representation):
             else:
                 gap, cut = _largest_gap(phi)
                 lo[m] = cut
-                periodic[m] = gap <= math.pi
+                periodic[m] = not zmatrix.branch[m + 3] or gap <= math.pi
         s = _bounded_logit(torch.as_tensor(t), torch.as_tensor(lo), torch.as_tensor(width)).numpy()
         s_mean = np.where(periodic, 0.0, s.mean(0))
         s_std = np.where(periodic, 1.0, np.maximum(s.std(0), _MIN_STD))

@@ -52,11 +52,11 @@ __all__ = ["TrainConfig", "TrainResult", "train", "load_checkpoint", "CHECKPOINT
 
 CHECKPOINT_FORMAT = "bgkit-checkpoint"
 _CHECKPOINT_VERSION = 1
-OBJECTIVES = ("regflow", "mle")
+OBJECTIVES = ("regflow", "mle", "kl")
 # Fields that must match between a checkpoint and a resumed run.
 _RESUME_FIELDS = (
     "batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_factor", "grad_clip",
-    "ema", "seed", "objective", "reg", "reg_weight", "noise_std",
+    "ema", "seed", "objective", "reg", "reg_weight", "noise_std", "kl_weight", "kl_batch_size", "kl_energy_cap",
 )
 
 Augment = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
@@ -74,7 +74,10 @@ class TrainConfig:
     by the initial weights. ``val_every``/``ckpt_every``: in steps (the last
     step always validates and checkpoints). ``val_batch_size``: chunk size for
     validation. RegFlow only: ``reg`` ("fb" | "logdet" | None), ``reg_weight``
-    (λ_r), ``noise_std`` (λ_n, target noise). ``device``: None picks
+    (λ_r), ``noise_std`` (λ_n, target noise). ``"kl"`` only (maximum likelihood on the data plus
+    ``kl_weight`` × the reverse KL to the Boltzmann distribution, :mod:`bgkit.train.kl`):
+    ``kl_batch_size`` flow samples per step (None: ``batch_size``), ``kl_energy_cap`` (kT) above
+    which energies are damped. ``device``: None picks
     cuda:LOCAL_RANK when CUDA is available, else cpu. ``max_seconds``: optional
     wall-clock budget (s, counted over resumes); training stops at the first
     step past it, validates and writes a final checkpoint.
@@ -97,6 +100,9 @@ class TrainConfig:
     reg: str | None = "fb"
     reg_weight: float = 1e-6
     noise_std: float = 0.0
+    kl_weight: float = 1.0
+    kl_batch_size: int | None = None
+    kl_energy_cap: float = 1000.0
     device: str | None = None
     max_seconds: float | None = None
 
@@ -120,6 +126,9 @@ class TrainConfig:
             ("reg", lambda: self.reg in REGULARISERS),
             ("reg_weight", lambda: self.reg_weight >= 0),
             ("noise_std", lambda: self.noise_std >= 0),
+            ("kl_weight", lambda: self.kl_weight >= 0),
+            ("kl_batch_size", lambda: self.kl_batch_size is None or self.kl_batch_size >= 2),
+            ("kl_energy_cap", lambda: self.kl_energy_cap > 0),
             ("max_seconds", lambda: self.max_seconds is None or self.max_seconds > 0),
         ]
         for name, check in checks:
@@ -265,16 +274,23 @@ class _EMA:
 class _Objective(nn.Module):
     """Wraps flow + loss so DDP sees one forward per step (whatever the loss calls)."""
 
-    def __init__(self, flow: nn.Module, config: TrainConfig) -> None:
+    def __init__(self, flow: nn.Module, config: TrainConfig, target: Any = None) -> None:
         super().__init__()
         self.flow = flow
         self.config = config
+        self.target = target
 
     def forward(self, *batch: Tensor) -> tuple[Tensor, dict[str, float]]:
-        return _loss(self.flow, batch, self.config, self.config.noise_std)
+        loss, stats = _loss(self.flow, batch, self.config, self.config.noise_std)
+        if self.config.objective == "kl" and self.config.kl_weight > 0:
+            kl, kl_stats = self.target.kl_loss(self.flow, self.config.kl_batch_size or batch[0].shape[0])
+            loss = loss + self.config.kl_weight * kl
+            stats = {**stats, **kl_stats, "loss": float(loss.detach())}
+        return loss, stats
 
 
 def _loss(flow: nn.Module, batch: Sequence[Tensor], cfg: TrainConfig, noise_std: float) -> tuple[Tensor, dict[str, float]]:
+    """The data term of the objective (validation uses it alone): RegFlow regression or the NLL."""
     if cfg.objective == "regflow":
         return regflow_loss(flow, batch[0], batch[1], noise_std=noise_std, reg=cfg.reg, reg_weight=cfg.reg_weight)
     return mle_loss(flow, batch[0])
@@ -404,6 +420,7 @@ def train(
     augment: Augment | None = None,
     extra_checkpoint: dict[str, Any] | None = None,
     progress: bool = True,
+    target: Any = None,
 ) -> TrainResult:
     """Train ``flow`` (in place) and write checkpoints to ``out_path``.
 
@@ -429,6 +446,8 @@ def train(
         extra_checkpoint: stored under ``"extra"`` (tensors, arrays, numbers,
             strings, lists, dicts).
         progress: tqdm bar on rank 0 (loss, val loss, samples/s).
+        target: objective ``"kl"`` only: a :class:`~bgkit.train.kl.BoltzmannTarget` (representation
+            + differentiable energy). Validation reports the data NLL alone.
     Returns:
         :class:`TrainResult`. Global RNGs are seeded from ``config.seed`` and
         the rank. On return ``flow`` holds the EMA weights (the final
@@ -438,10 +457,12 @@ def train(
         or an unusable checkpoint.
     """
     config.validate()
+    if config.objective == "kl" and target is None:
+        raise BgkitError("objective 'kl' needs a Boltzmann target (the system's energy in the flow's coordinates)")
     ctx = _setup_dist(config)
     try:
         return _train(flow, train_data, val_data, config, Path(out_path), resume, augment,
-                      extra_checkpoint, progress, ctx)
+                      extra_checkpoint, progress, ctx, target)
     finally:
         if ctx.owns_group:
             torch.distributed.destroy_process_group()
@@ -449,7 +470,7 @@ def train(
 
 def _train(
     flow: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, out_path: Path, resume: bool,
-    augment: Augment | None, extra: dict[str, Any] | None, progress: bool, ctx: _Dist,
+    augment: Augment | None, extra: dict[str, Any] | None, progress: bool, ctx: _Dist, target: Any = None,
 ) -> TrainResult:
     params = list(flow.parameters())
     if not params:
@@ -495,7 +516,7 @@ def _train(
     else:
         _seed_all(cfg.seed, ctx.rank)
 
-    objective: nn.Module = _Objective(flow, cfg)
+    objective: nn.Module = _Objective(flow, cfg, target)
     if ctx.active:
         from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
 
@@ -512,7 +533,7 @@ def _train(
             batch = tuple(t[idx].to(ctx.device, non_blocking=True) for t in data)
             if augment is not None:
                 batch = _augment(augment, batch)
-            loss, _ = objective(*batch)
+            loss, stats = objective(*batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             global_loss = float(ctx.all_mean(loss.detach().reshape(1))[0])
@@ -535,7 +556,8 @@ def _train(
             if val is not None and (step % cfg.val_every == 0 or is_last):
                 last_val = _validate(ema.model, val, cfg, ctx)
                 history.append({"step": step, "train_loss": float(np.mean(window)), "val_loss": last_val,
-                                "lr": scheduler.get_last_lr()[0]})
+                                "lr": scheduler.get_last_lr()[0],
+                                **{k: stats[k] for k in ("kl", "log_w_std") if k in stats}})
             elapsed = time.perf_counter() - t0
             rate = (step - start_step) * cfg.batch_size / max(elapsed, 1e-9)
             if step % cfg.ckpt_every == 0 or is_last:
@@ -560,6 +582,8 @@ def _train(
                     post = {"loss": f"{global_loss:.4g}", "samples/s": f"{rate:.0f}"}
                     if last_val is not None:
                         post["val"] = f"{last_val:.4g}"
+                    if "log_w_std" in stats:
+                        post["logw_std"] = f"{stats['log_w_std']:.3g}"
                     bar.set_postfix(post, refresh=False)
             if is_last:
                 break
@@ -629,6 +653,9 @@ def _checkpoint(flow: nn.Module, ema: _EMA, optimizer: torch.optim.Optimizer, sc
 def _loss_units(cfg: TrainConfig) -> str:
     if cfg.objective == "mle":
         return "nats per sample (negative log-likelihood summed over dims, flow space)"
+    if cfg.objective == "kl":
+        return ("nats per sample: NLL of the data (flow space) + kl_weight * mean(u/kT + log q) of flow samples "
+                "(nm density); validation: the NLL alone")
     return "squared error summed over dims, flow-space units^2 (+ reg_weight * regulariser)"
 
 

@@ -87,12 +87,16 @@ def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: in
 def train_proposal(system: str, arch: str, objective: str, out: str | Path, targets: str | None = None,
                    data: str | None = None, max_frames: int | None = None, hparams: dict | None = None,
                    config_overrides: dict | None = None, resume: bool = False, progress: bool = True,
-                   coords: str | None = None):
-    """Train a flow for ``system`` with RegFlow (on ``targets``) or MLE; the checkpoint is a proposal.
+                   coords: str | None = None, init: str | Path | None = None, energy_workers: int = 1):
+    """Train a flow for ``system``; the checkpoint is a proposal.
 
+    objective: "regflow" (regression onto ``targets``), "mle" (maximum likelihood on the train
+    frames) or "kl" (maximum likelihood + ``kl_weight`` × reverse KL to exp(−u), with energies and
+    forces from ``energy_workers`` OpenMM workers; :mod:`bgkit.train.kl`).
     ``coords`` ("cartesian" | "internal"): the flow space. RegFlow takes it from the targets
-    file (an explicit, different ``coords`` is an error); MLE fits it on the train frames
-    (default "cartesian").
+    file (an explicit, different ``coords`` is an error); MLE and KL fit it on the train frames
+    (default "cartesian"). ``init``: start from the weights and representation of this proposal or
+    checkpoint (same architecture; its hyperparameters are used), e.g. KL fine-tuning of an MLE flow.
     """
     from bgkit.flows import build_flow
     from bgkit.train.loop import TrainConfig, train
@@ -104,6 +108,7 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
     if dataset.meta["topology_hash"] != sys_.topology_hash:
         raise BgkitError(f"dataset {dataset.folder} was simulated for another topology than system '{sys_.name}'")
     val_xyz = _frames(dataset, "val", 2000, cfg.seed)
+    start = _initial_proposal(init, sys_, arch, coords) if init is not None else None
     if objective == "regflow":
         if targets is None:
             raise BgkitError("--objective regflow needs --targets (make them with `bgkit targets ot`)")
@@ -112,6 +117,8 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         if prov.get("system", {}).get("topology_hash") != sys_.topology_hash:
             raise BgkitError(f"targets {targets} were made for system '{prov.get('system', {}).get('name')}', not '{sys_.name}'")
         rep = representation_from_state(prov["transform"])
+        if start is not None and start.transform != rep:
+            raise BgkitError(f"--init {init} was trained in another flow space than targets {targets}")
         if coords is not None and coords != rep.kind:
             raise BgkitError(f"targets {targets} are in {rep.kind} coordinates, not {coords}: "
                              f"make targets with `bgkit targets ot --coords {coords}`")
@@ -125,21 +132,21 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         val_data = (torch.as_tensor(v0), torch.as_tensor(v1))
         n_train = len(t.x0)
         targets_record = _targets_record(prov)
-    elif objective == "mle":
+    elif objective in ("mle", "kl"):
         xyz = _frames(dataset, "train", max_frames, cfg.seed)
-        rep = fit_representation(coords or "cartesian", xyz, sys_)
+        rep = start.transform if start is not None else fit_representation(coords or "cartesian", xyz, sys_)
         train_data = torch.as_tensor(to_flow_space(rep, xyz))
         val_data = torch.as_tensor(to_flow_space(rep, val_xyz))
         n_train = len(xyz)
         targets_record = None
     else:
-        raise BgkitError(f"unknown objective '{objective}': choose regflow or mle")
+        raise BgkitError(f"unknown objective '{objective}': choose regflow, mle or kl")
     if isinstance(train_data, tuple):
         train_data = tuple(x.float() for x in train_data)
         val_data = tuple(x.float() for x in val_data)
     else:
         train_data, val_data = train_data.float(), val_data.float()
-    hp = dict(hparams or {})
+    hp = dict(start.info["hparams"]) if start is not None else dict(hparams or {})
     if rep.periodic:
         if arch == "tarflow":
             raise BgkitError("tarflow has no periodic (circular) transforms: use --arch nsf or realnvp with "
@@ -147,17 +154,41 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         hp["periodic"] = list(rep.periodic)
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed
     flow = build_flow(arch, rep.dim, **hp)
+    if start is not None:
+        flow.load_state_dict(start.flow.state_dict())
     extra = {
         "kind": PROPOSAL_KIND,
         "system": system_record(sys_),
         "transform": rep.state_dict(),
         "training": {"command": " ".join(sys.argv), "dataset": str(dataset.folder),
                      "dataset_frames": dataset.n_frames, "train_frames": n_train, "targets": targets,
-                     "targets_provenance": targets_record, "objective": objective, "arch": arch, "coords": rep.kind},
+                     "targets_provenance": targets_record, "objective": objective, "arch": arch, "coords": rep.kind,
+                     "init": str(init) if init is not None else None,
+                     "init_training": start.info.get("training") if start is not None else None},
     }
     augment = rep.augment if rep.kind == "cartesian" else None
-    return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
-                 extra_checkpoint=extra, progress=progress)
+    if objective != "kl":
+        return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
+                     extra_checkpoint=extra, progress=progress)
+    from bgkit.energy import EnergyModel
+    from bgkit.train.kl import BoltzmannTarget
+
+    with EnergyModel(sys_, n_workers=energy_workers) as model:
+        target = BoltzmannTarget(rep, model.torch_energy, cfg.kl_energy_cap)
+        return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
+                     extra_checkpoint=extra, progress=progress, target=target)
+
+
+def _initial_proposal(init: str | Path, system: Any, arch: str, coords: str | None):
+    """The proposal whose weights start a run (checked against the system, architecture and coords)."""
+    from bgkit.proposal import Proposal
+
+    start = Proposal.load(init, system=system)
+    if start.info["arch"] != arch:
+        raise BgkitError(f"--init {init} is a {start.info['arch']} flow, not {arch}")
+    if coords is not None and coords != start.transform.kind:
+        raise BgkitError(f"--init {init} works in {start.transform.kind} coordinates, not {coords}")
+    return start
 
 
 def _targets_record(prov: dict[str, Any]) -> dict[str, Any]:
