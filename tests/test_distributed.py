@@ -59,6 +59,7 @@ def test_two_ranks_train_identically_and_match_one_process(tmp_path: Path) -> No
         torch.testing.assert_close(r0[k], v, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_distributed_resume_after_crash_is_bit_identical(tmp_path: Path) -> None:
     full, part = tmp_path / "full.pt", tmp_path / "part.pt"
     assert torchrun(str(full), str(tmp_path / "d_full"), "--augment").returncode == 0

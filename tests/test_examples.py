@@ -42,6 +42,7 @@ def test_md_analysis_notebook(tmp_path, monkeypatch):
     assert 0 < err < 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sample_and_reweight_notebook(tmp_path, monkeypatch):
     ns = run_notebook("sample_and_reweight.ipynb", tmp_path, monkeypatch)

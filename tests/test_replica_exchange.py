@@ -40,6 +40,7 @@ def test_acceptance_counts_both_directions():
     assert rates[0] == pytest.approx(0.5) and np.isnan(rates[1])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_killed_and_resumed_parallel_tempering(tmp_path):
     out = tmp_path / "pt"

@@ -10,6 +10,8 @@ import pytest
 
 from bgkit import BgkitError
 
+pytestmark = pytest.mark.slow  # trains a proposal on fresh MD in its fixture
+
 
 def bgkit(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "bgkit.cli", *map(str, args)], capture_output=True, text=True,

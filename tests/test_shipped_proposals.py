@@ -41,6 +41,7 @@ def test_shipped_proposal_records_its_training(name):
         assert training["init"] and "bgkit train" in training["init_training"]["command"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_sample_and_evaluate_out_of_the_box(name, tmp_path):
     n_atoms = load_system(name).n_atoms

@@ -85,6 +85,7 @@ def _energy_distance_test(a: torch.Tensor, b: torch.Tensor, n_perm: int = 150, s
     return (1 + hits) / (1 + n_perm)
 
 
+@pytest.mark.slow
 def test_regflow_with_ot_targets_learns_gaussian_mixture(tmp_path: Path) -> None:
     x0, x1 = ot_pairs(_mixture(2000, seed=0), seed=1, block_size=2000)
     v0, v1 = ot_pairs(_mixture(500, seed=2), seed=3, block_size=500)
