@@ -363,8 +363,9 @@ def _proposal_for(system_name: str, model: Path | None):
     if model is None and not path.is_file():
         raise BgkitError(f"system '{system.name}' ships no proposal ({path} missing): pass --model")
     proposal = Proposal.load(path, system=system)
-    if proposal.unfinished_note():
-        click.echo("warning: " + proposal.unfinished_note(), err=True)
+    note = proposal.unfinished_note()
+    if note:
+        click.echo("warning: " + note, err=True)
     return system, proposal
 
 

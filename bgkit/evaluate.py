@@ -88,7 +88,7 @@ def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, 
         "n_wrong_chirality": int(result.wrong_chirality.sum()),
         "n_clipped": result.weights.n_clipped,
         "noise_floor": floor,
-        "coords": getattr(proposal.transform, "kind", "cartesian"),
+        "coords": proposal.transform.kind,
         "reference": {"dataset": str(dataset.folder), "split": "test", "frames": int(len(test_idx))},
         "units": {"e_w2": "kT", "t_w2": "rad", "nll_test": "nats per sample, nm^-(3N-3) density, centroid-free"},
     }

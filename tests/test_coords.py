@@ -202,13 +202,11 @@ def test_internal_bounds_stereocentres_and_rejects_mirror_images() -> None:
 
 def _four_atoms(seed: int = 0, n: int = 400) -> tuple[InternalCoords, torch.Tensor]:
     """A 4-atom chain (bonds, angles, one periodic torsion) and n frames around it."""
-    from bgkit.coords.internal import InternalCoords as IC
-
     z = build_zmatrix(4, [(0, 1), (1, 2), (2, 3)], heavy=[True] * 4)
     g = torch.Generator().manual_seed(seed)
     y = torch.cat([torch.randn(n, 5, generator=g, dtype=torch.float64),
                    (2 * torch.rand(n, 1, generator=g, dtype=torch.float64) - 1) * math.pi], dim=-1)
-    ic = IC(z, [0.15] * 3, [0.03] * 3, [1.9] * 2, [0.3] * 2, [True], [0.0], [2 * math.pi], [0.0], [1.0])
+    ic = InternalCoords(z, [0.15] * 3, [0.03] * 3, [1.9] * 2, [0.3] * 2, [True], [0.0], [2 * math.pi], [0.0], [1.0])
     return ic, ic.from_flow(y)[0]
 
 

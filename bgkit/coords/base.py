@@ -13,7 +13,7 @@ ESS, NLL and free energies are then comparable across representations.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -61,9 +61,9 @@ class Representation(abc.ABC):
     def from_state(cls, state: dict[str, Any]) -> "Representation":
         """Inverse of ``state_dict``."""
 
-    def augment(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """Random symmetry transform of training rows (one per row, alike in every tensor); default none."""
-        return batch
+    #: None, or a method ``augment(batch) -> batch``: a random symmetry transform of training rows (one per
+    #: row, alike in every tensor of the batch) for representations that do not remove that symmetry.
+    augment: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]] | None = None
 
     def _frames(self, xyz: ArrayLike) -> Tensor:
         from bgkit import BgkitError

@@ -80,8 +80,7 @@ class InternalCoords(Representation):
         sizes = [len(self.bond_mean), len(self.angle_mean), len(self.torsion_periodic)]
         if sizes != [n - 1, n - 2, n - 3] or min(self.bond_std.min(), self.angle_std.min()) <= 0:
             raise BgkitError(f"inconsistent internal-coordinate state for {n} atoms: sizes {sizes}")
-        rows = torch.as_tensor(zmatrix.rows)
-        self._i, self._j, self._k, self._l = rows.unbind(-1)
+        self._rows = torch.as_tensor(zmatrix.rows)
 
     # ----------------------------------------------------------------- fitting
     @classmethod
@@ -111,7 +110,7 @@ class InternalCoords(Representation):
                 gap, cut = _largest_gap(phi)
                 lo[m] = cut
                 periodic[m] = not zmatrix.branch[m + 3] or gap <= math.pi
-        s = _bounded_logit(torch.as_tensor(t), torch.as_tensor(lo), torch.as_tensor(width)).numpy()
+        s = _logit(_interval_fraction(torch.as_tensor(t), torch.as_tensor(lo), torch.as_tensor(width))).numpy()
         s_mean = np.where(periodic, 0.0, s.mean(0))
         s_std = np.where(periodic, 1.0, np.maximum(s.std(0), _MIN_STD))
         return cls(zmatrix, b.mean(0), std(b), a.mean(0), std(a), periodic, lo, width, s_mean, s_std)
@@ -135,20 +134,14 @@ class InternalCoords(Representation):
         (a mirrored stereocentre, a linear angle)."""
         x = self._frames(xyz)
         dtype = x.dtype if x.dtype.is_floating_point else torch.float64
-        b, a, t = _internal(x.to(dtype), self._rows())
+        b, a, t = _internal(x.to(dtype), self._rows)
         c = lambda v: v.to(dtype=dtype, device=x.device)  # noqa: E731
         yb = (b - c(self.bond_mean)) / c(self.bond_std)
         ya = (a - c(self.angle_mean)) / c(self.angle_std)
-        per = c(self.torsion_periodic)
-        s = _bounded_logit(t, c(self.torsion_lo), c(self.torsion_width))
-        u = torch.remainder(t - c(self.torsion_lo), _TWO_PI) / c(self.torsion_width)
-        yt = torch.where(per.bool(), wrap(t - c(self.torsion_lo) - math.pi),
-                         (s - c(self.torsion_mean)) / c(self.torsion_std))
-        ld_t = torch.where(per.bool(), torch.zeros_like(t),
-                           -torch.log(c(self.torsion_width) * u * (1 - u)) - torch.log(c(self.torsion_std)))
-        logdet = (-torch.log(c(self.bond_std)).sum() - torch.log(c(self.angle_std)).sum() + ld_t.sum(-1)
-                  - 2 * torch.log(b).sum(-1) - torch.log(torch.sin(a)).sum(-1) + self._constant())
-        return torch.cat([yb, ya, yt], dim=-1), logdet
+        u = _interval_fraction(t, c(self.torsion_lo), c(self.torsion_width))
+        yt = torch.where(c(self.torsion_periodic).bool(), wrap(t - c(self.torsion_lo) - math.pi),
+                         (_logit(u) - c(self.torsion_mean)) / c(self.torsion_std))
+        return torch.cat([yb, ya, yt], dim=-1), -self._logdet_from(b, a, u)
 
     def from_flow(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """Flow vectors [B, 3N-6] -> (centred frames [B, N, 3] in nm, logdet_from [B]) by NeRF."""
@@ -159,17 +152,19 @@ class InternalCoords(Representation):
         yb, ya, yt = y.split([n - 1, n - 2, n - 3], dim=-1)
         b = yb * c(self.bond_std) + c(self.bond_mean)
         a = ya * c(self.angle_std) + c(self.angle_mean)
-        per = c(self.torsion_periodic).bool()
-        p = torch.sigmoid(yt * c(self.torsion_std) + c(self.torsion_mean))
-        t = torch.where(per, wrap(yt + c(self.torsion_lo) + math.pi), c(self.torsion_lo) + c(self.torsion_width) * p)
-        ld_t = torch.where(per, torch.zeros_like(yt),
-                           torch.log(c(self.torsion_width) * p * (1 - p)) + torch.log(c(self.torsion_std)))
-        logdet = (torch.log(c(self.bond_std)).sum() + torch.log(c(self.angle_std)).sum() + ld_t.sum(-1)
-                  + 2 * torch.log(b.abs()).sum(-1) + torch.log(torch.sin(a).abs()).sum(-1) - self._constant())
-        return center(self._nerf(b, a, t)), logdet
+        u = torch.sigmoid(yt * c(self.torsion_std) + c(self.torsion_mean))
+        t = torch.where(c(self.torsion_periodic).bool(), wrap(yt + c(self.torsion_lo) + math.pi),
+                        c(self.torsion_lo) + c(self.torsion_width) * u)
+        return center(self._nerf(b, a, t)), self._logdet_from(b, a, u)
 
-    def _rows(self) -> Tensor:
-        return torch.as_tensor(self.zmatrix.rows)
+    def _logdet_from(self, b: Tensor, a: Tensor, u: Tensor) -> Tensor:
+        """log|det| [B] of y -> centred coordinates at bonds b, angles a and bounded-torsion fractions u
+        (u = (phi - lo mod 2 pi) / width; ignored on periodic torsions, whose map has log|det| 0)."""
+        c = lambda v: v.to(dtype=b.dtype, device=b.device)  # noqa: E731
+        ld_t = torch.where(c(self.torsion_periodic).bool(), torch.zeros_like(u),
+                           torch.log(c(self.torsion_width) * u * (1 - u)) + torch.log(c(self.torsion_std)))
+        return (torch.log(c(self.bond_std)).sum() + torch.log(c(self.angle_std)).sum() + ld_t.sum(-1)
+                + 2 * torch.log(b.abs()).sum(-1) + torch.log(torch.sin(a).abs()).sum(-1) - self._constant())
 
     def _nerf(self, b: Tensor, a: Tensor, t: Tensor) -> Tensor:
         """Positions [B, N, 3] from bonds [B, N-1], angles [B, N-2], torsions [B, N-3] (placement order)."""
@@ -222,7 +217,11 @@ def _internal(x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return b, a, t
 
 
-def _bounded_logit(t: Tensor, lo: Tensor, width: Tensor) -> Tensor:
-    """logit((phi - lo mod 2pi) / width) [B, T]; NaN where the angle lies outside the interval."""
-    u = torch.remainder(t - lo, _TWO_PI) / width
+def _interval_fraction(t: Tensor, lo: Tensor, width: Tensor) -> Tensor:
+    """(phi - lo mod 2 pi) / width [B, T]: in (0, 1) inside the interval (lo, lo + width), above 1 outside."""
+    return torch.remainder(t - lo, _TWO_PI) / width
+
+
+def _logit(u: Tensor) -> Tensor:
+    """log(u / (1 - u)); NaN for u > 1 (an angle outside its bounded interval)."""
     return torch.log(u) - torch.log1p(-u)

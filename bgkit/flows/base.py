@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bgkit.coords.geometry import wrap
+
 
 def std_normal_log_prob(z: Tensor) -> Tensor:
     """log N(z; 0, I) of rows z [B, D] -> [B]."""
@@ -35,7 +37,7 @@ def wrap_periodic(x: Tensor, mask: Tensor) -> Tensor:
     """x [B, D] with the masked dimensions wrapped to [-pi, pi)."""
     if not bool(mask.any()):
         return x
-    return torch.where(mask, torch.remainder(x + math.pi, 2 * math.pi) - math.pi, x)
+    return torch.where(mask, wrap(x), x)
 
 
 def softclamp(x: Tensor, bound: float) -> Tensor:

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from zuko.transforms import MonotonicRQSTransform
 
+from bgkit.coords.geometry import wrap
+
 from .base import Flow, ResidualMLP, periodic_mask, softclamp
 
 _SPLIT_SEED = 0
@@ -70,10 +72,10 @@ def circular_spline(u: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, T
     spline = MonotonicRQSTransform(w, h, d, bound=math.pi)
     shift = shift.squeeze(-1)
     if inverse:
-        z = spline.inv(torch.remainder(u - shift + math.pi, 2 * math.pi) - math.pi)
+        z = spline.inv(wrap(u - shift))
         return z, -spline.call_and_ladj(z)[1].sum(-1)
     x, ladj = spline.call_and_ladj(u)
-    return torch.remainder(x + shift + math.pi, 2 * math.pi) - math.pi, ladj.sum(-1)
+    return wrap(x + shift), ladj.sum(-1)
 
 
 class _Coupling(nn.Module, abc.ABC):

@@ -166,16 +166,15 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
                      "init": str(init) if init is not None else None,
                      "init_training": start.info.get("training") if start is not None else None},
     }
-    augment = rep.augment if rep.kind == "cartesian" else None
     if objective != "kl":
-        return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
+        return train(flow, train_data, val_data, cfg, out, resume=resume, augment=rep.augment,
                      extra_checkpoint=extra, progress=progress)
     from bgkit.energy import EnergyModel
     from bgkit.train.kl import BoltzmannTarget
 
     with EnergyModel(sys_, n_workers=energy_workers) as model:
         target = BoltzmannTarget(rep, model.torch_energy, cfg.kl_energy_cap)
-        return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
+        return train(flow, train_data, val_data, cfg, out, resume=resume, augment=rep.augment,
                      extra_checkpoint=extra, progress=progress, target=target)
 
 
