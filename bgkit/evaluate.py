@@ -1,6 +1,6 @@
 """Evaluate a proposal against the system's reference MD test split: metrics and figures.
 
-Metrics (DESIGN.md definitions): Kish ESS; E-W2 (kT) of the raw proposal and
+Metrics (definitions: docs/methods.md, "Metrics"): Kish ESS; E-W2 (kT) of the raw proposal and
 of the resampled set against the MD test energies; T-W2 (rad) over all
 backbone φ/ψ, exact OT on up to 10k vs 10k samples; NLL of the test frames
 (nats per sample, density in nm^-(3N-3) on the centroid-free subspace);
@@ -15,16 +15,24 @@ best a proposal can be expected to reach on this reference.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bgkit.data import Dataset
+from bgkit import BgkitError
+from bgkit.md.dataset import Dataset
 from bgkit.proposal import Proposal
+from bgkit.reweight import normalized_weights
 from bgkit.sample import SampleResult
 from bgkit.systems import System
+
+#: metrics that ``bgkit evaluate`` prints, in order
+PRINTED_METRICS = ("ess", "ess_fraction", "ess_fraction_clipped", "e_w2_proposal", "e_w2_resampled",
+                   "e_w2_resampled_unclipped", "t_w2_proposal", "t_w2_resampled", "t_w2_resampled_unclipped",
+                   "nll_test", "samples_per_second")
+#: the figures :func:`write_figures` draws into an evaluation folder
+FIGURES = ("ramachandran.png", "energies.png", "log_weights.png")
 
 
 def torsions(xyz: np.ndarray, system: System) -> np.ndarray:
@@ -48,8 +56,11 @@ def pairs(xyz: np.ndarray, system: System) -> tuple[np.ndarray, np.ndarray, list
 
 
 def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, max_ot: int = 10000,
-                    seed: int = 0) -> dict[str, Any]:
-    """metrics.json content for one sample set against the dataset's test split."""
+                    seed: int = 0, nll_frames: int | None = None) -> dict[str, Any]:
+    """metrics.json content for one sample set against the dataset's test split.
+
+    ``nll_frames``: compute the test NLL on this many evenly spaced test frames (None: all).
+    """
     from bgkit.metrics import energy_w2_with_counts, torsion_w2
 
     system = dataset.system
@@ -67,7 +78,10 @@ def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, 
     t_prop = torsions(result.xyz[ok], system)
     t_res = torsions(result.xyz[idx], system)
     t_res_all = torsions(result.xyz[idx_all], system)
-    log_q_test = proposal.log_prob(test_xyz)
+    nll_idx = np.arange(len(test_xyz))
+    if nll_frames is not None and nll_frames < len(test_xyz):
+        nll_idx = np.linspace(0, len(test_xyz) - 1, nll_frames).round().astype(int)
+    log_q_test = proposal.log_prob(test_xyz[nll_idx])
     floor = noise_floor(dataset, t_md, max_ot=max_ot, seed=seed)
     return {
         "system": system.name,
@@ -82,6 +96,7 @@ def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, 
         "t_w2_resampled_unclipped": torsion_w2(t_md, t_res_all, max_samples=max_ot, seed=seed),
         "ess_fraction_clipped": result.weights.ess_fraction_clipped,
         "nll_test": float(-np.mean(log_q_test)),
+        "nll_frames": int(len(nll_idx)),
         "samples_per_second": result.summary()["samples_per_second"],
         "n_nonfinite": result.weights.n_nonfinite,
         "n_nonfinite_energy_dropped_from_e_w2": n_drop,
@@ -124,19 +139,88 @@ def write_figures(result: SampleResult, dataset: Dataset, out: Path) -> list[str
     md_phi, md_psi, labels = pairs(dataset.xyz[test_idx], system)
     ok = np.isfinite(result.xyz).all(axis=(1, 2))
     q_phi, q_psi, _ = pairs(result.xyz[ok], system)
-    w = np.exp(result.weights.log_w_clipped[ok] - np.max(result.weights.log_w_clipped[ok]))
+    w = normalized_weights(result.weights.log_w_clipped[ok])
     plots.ramachandran_panels({"reference MD": (md_phi, md_psi), "proposal": (q_phi, q_psi),
                                "reweighted": (q_phi, q_psi, w)}, out / "ramachandran.png",
                               title=f"{system.name}: Ramachandran", pair_labels=labels)
-    w_all = np.exp(result.weights.log_w_clipped - np.max(result.weights.log_w_clipped))
+    w_all = normalized_weights(result.weights.log_w_clipped)
     plots.energy_histograms({"reference MD": dataset.energies_kt[test_idx], "proposal": result.energy_kt,
                              "reweighted": (result.energy_kt, w_all)}, out / "energies.png",
                             title=f"{system.name}: energies")
     plots.log_weight_histogram(result.weights.log_w, out / "log_weights.png", title=f"{system.name}: log-weights")
-    return ["ramachandran.png", "energies.png", "log_weights.png"]
+    return list(FIGURES)
 
 
 def write_metrics(metrics: dict[str, Any], out: Path) -> Path:
     from bgkit.provenance import atomic_write_json, provenance
 
     return atomic_write_json({**metrics, "provenance": provenance(system=metrics["system"])}, out / "metrics.json")
+
+
+def write_evaluation(result: SampleResult, proposal: Proposal, dataset: Dataset, system: System, out: str | Path,
+                     force: bool = False, seed: int = 0, nll_frames: int | None = None) -> dict[str, Any]:
+    """Metrics, samples (``bgkit.sample.write_sample_folder``), metrics.json and figures into ``out``; the metrics."""
+    from bgkit.outputs import add_to_marker
+    from bgkit.sample import write_sample_folder
+
+    metrics = compute_metrics(result, proposal, dataset, seed=seed, nll_frames=nll_frames)
+    out = write_sample_folder(result, system, out, force, extra={"model": str(proposal.path), "seed": seed},
+                              kind="bgkit.evaluation", more_files=("metrics.json", *FIGURES))
+    write_metrics(metrics, out)
+    add_to_marker(out, ["metrics.json", *write_figures(result, dataset, out)])
+    return metrics
+
+
+def metrics_lines(metrics: dict[str, Any]) -> list[str]:
+    """The lines ``bgkit evaluate`` prints for a metrics dict (:data:`PRINTED_METRICS`, then the noise floor)."""
+    lines = [f"{key:20s} {metrics[key]:.4f}" for key in PRINTED_METRICS]
+    if metrics.get("noise_floor"):
+        f = metrics["noise_floor"]
+        lines.append(f"{'noise floor':20s} E-W2 {f['e_w2']:.4f} kT, T-W2 {f['t_w2']:.4f} rad "
+                     f"(MD test split vs {f['frames']} other MD frames)")
+    return lines
+
+
+def positions_of(source: str | Path, reweighted: bool = False) -> tuple[np.ndarray, System, np.ndarray | None, str]:
+    """(xyz, system, normalised weights or None, label) of a dataset (name or folder) or a sample folder.
+
+    Sample folder positions are checked against the system's topology; ``reweighted`` gives
+    them their clipped importance weights.
+    """
+    from bgkit.io import load_trajectory
+    from bgkit.md.dataset import load_dataset
+    from bgkit.sample import load_sample_folder
+    from bgkit.systems import load_system
+
+    path = Path(source)
+    if (path / "summary.json").is_file():
+        d = load_sample_folder(path)
+        system = load_system(d["summary"]["system"])
+        xyz = load_trajectory(d["samples"], system)  # topology checked against the system
+        if reweighted:
+            return xyz, system, normalized_weights(d["log_w_clipped"]), "reweighted"
+        return xyz, system, None, "proposal"
+    ds = load_dataset(source)
+    return ds.xyz, ds.system, None, "reference MD"
+
+
+def energy_sets(sample_folder: str | Path) -> tuple[str, dict[str, Any]]:
+    """(system name, {label: energies or (energies, weights)}) of a sample folder, for energy histograms.
+
+    Labels: "reference MD" (the system's shipped MD test split, when there is one), "proposal", "reweighted".
+    """
+    from bgkit.md.dataset import load_dataset
+    from bgkit.sample import load_sample_folder
+    from bgkit.systems import load_system
+
+    d = load_sample_folder(sample_folder)
+    name = d["summary"]["system"]
+    sets: dict[str, Any] = {}
+    try:
+        ds = load_dataset(load_system(name).folder)
+        sets["reference MD"] = ds.energies_kt[ds.split_indices()["test"]]
+    except BgkitError:
+        pass
+    sets["proposal"] = d["energy_kt"]
+    sets["reweighted"] = (d["energy_kt"], normalized_weights(d["log_w_clipped"]))
+    return name, sets

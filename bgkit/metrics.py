@@ -1,6 +1,6 @@
 """Benchmark metrics of Boltzmann generators: E-W2, T-W2, NLL.
 
-Definitions follow the published BG benchmarks (see DESIGN.md "Metrics"):
+Definitions follow the published BG benchmarks:
 
 * E-W2 = sqrt(ot.emd2_1d(E_ref, E_model)), energies reduced (kT);
 * T-W2 = sqrt of the exact optimal-transport cost (``ot.emd2``) between sets
@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from bgkit import BgkitError
-from bgkit.reweight import as_numpy
+from bgkit.arrays import as_numpy
 
 __all__ = [
-    "energy_w2",
     "energy_w2_with_counts",
     "torsion_w2",
     "torsion_cost_matrix",
@@ -77,14 +76,6 @@ def energy_w2_with_counts(
     cost = ot.emd2_1d(e_ref[ok_ref], e_mod[ok_mod], a, b, metric="sqeuclidean")
     value = float(np.sqrt(max(float(cost), 0.0)))
     return value, int((~ok_ref).sum()), int((~ok_mod).sum())
-
-
-def energy_w2(e_ref_kt: Any, e_model_kt: Any, weights: Any = None) -> float:
-    """Energy 2-Wasserstein distance (kT) between reference and model energies.
-
-    Finite energies only; see ``energy_w2_with_counts`` for the counts dropped.
-    """
-    return energy_w2_with_counts(e_ref_kt, e_model_kt, weights)[0]
 
 
 def torsion_cost_matrix(angles_a: np.ndarray, angles_b: np.ndarray) -> np.ndarray:

@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bgkit import BgkitError
-from bgkit.reweight import as_numpy, ess_fraction
+from bgkit.arrays import as_numpy
+from bgkit.reweight import ess_fraction
 
 __all__ = [
     "free_energy_2d",

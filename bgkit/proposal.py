@@ -1,6 +1,6 @@
 """A trained flow as a proposal for a molecular system: sample x ~ q and evaluate log q(x).
 
-A proposal file is a training checkpoint of :mod:`bgkit.train.loop` whose
+A proposal file is a checkpoint (:mod:`bgkit.checkpoint`) whose
 ``extra`` entry holds everything needed to sample without the training
 configuration: the system (name, topology hash, atom count, temperature), the
 coordinate representation (``extra["transform"]``: its ``kind`` and fitted
@@ -47,8 +47,8 @@ class Proposal:
     @classmethod
     def load(cls, path: str | os.PathLike, system: System | str | None = None, device: str = "cpu") -> "Proposal":
         """Load a proposal; with ``system``, refuse one trained for another system."""
+        from bgkit.checkpoint import load_checkpoint
         from bgkit.flows import build_flow
-        from bgkit.train.loop import load_checkpoint
 
         path = Path(path)
         ckpt = load_checkpoint(path, map_location="cpu")
@@ -127,6 +127,29 @@ class Proposal:
             lq = self.flow.log_prob(y.to(device=self.device, dtype=self.dtype)).double().cpu() + logdet_to
             out.append(torch.nan_to_num(lq, nan=-torch.inf))
         return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def export_proposal(checkpoint: str | os.PathLike, out: str | os.PathLike, metrics: dict | None = None,
+                    unfinished: bool = False) -> Path:
+    """A slim copy of a training checkpoint for shipping: EMA weights and metadata, no optimiser state.
+
+    ``metrics`` (e.g. ``bgkit evaluate``'s metrics.json) are merged into the file's ``metrics``. The
+    checkpoint of an interrupted run (not at its last step) is refused unless ``unfinished``.
+    """
+    import json
+
+    from bgkit.checkpoint import load_checkpoint
+    from bgkit.provenance import atomic_save
+
+    ckpt = load_checkpoint(checkpoint)
+    if not ckpt.get("final", True) and not unfinished:
+        raise BgkitError(f"{checkpoint} is the checkpoint of an unfinished training run (step {ckpt['step']} of "
+                         f"{ckpt['config'].get('steps')}): finish it with `bgkit train ... --resume`, or pass "
+                         "--unfinished to export it anyway")
+    slim = {k: v for k, v in ckpt.items() if k not in ("raw_model", "optimizer", "scheduler", "rng")}
+    if metrics:
+        slim["metrics"] = {**slim.get("metrics", {}), **json.loads(json.dumps(metrics))}
+    return atomic_save(slim, out)
 
 
 def _state_dict_error(exc: BaseException) -> str:

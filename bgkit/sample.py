@@ -21,7 +21,8 @@ import torch
 
 from bgkit import BgkitError
 from bgkit.proposal import Proposal
-from bgkit.reweight import ReweightResult, check_chirality, chiral_centres, chirality_signs, reweight
+from bgkit.chirality import check_chirality, chiral_centres, chirality_signs
+from bgkit.reweight import ReweightResult, reweight
 from bgkit.systems import System, load_system
 
 
@@ -57,6 +58,48 @@ class SampleResult:
         }
 
 
+LOW_ESS_FRACTION = 0.01  #: below this ESS/N, reweighted results are flagged as unreliable
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The lines ``bgkit sample`` prints for a :meth:`SampleResult.summary`."""
+    s = summary
+    return [
+        f"samples        {s['n']}",
+        f"ESS            {s['ess']:.1f}  ({s['ess_fraction']:.4f} of N; {s['ess_fraction_clipped']:.4f} after clipping)",
+        f"non-finite     {s['n_nonfinite']} zero-weight samples (invalid energy {s['n_invalid_energy']}, "
+        f"wrong chirality {s['n_wrong_chirality']})",
+        f"clipped        {s['n_clipped']} largest log-weights ({100 * s['clip_fraction']:.2f} %)",
+        f"time           {s['seconds']:.2f} s  ({s['samples_per_second']:.0f} samples/s; flow {s['flow_seconds']:.2f} s, "
+        f"waiting for energies {s['energy_seconds']:.2f} s)",
+    ]
+
+
+def low_ess_warning(summary: dict[str, Any]) -> str | None:
+    """A warning when ESS/N is below :data:`LOW_ESS_FRACTION`, else None."""
+    if summary["ess_fraction"] >= LOW_ESS_FRACTION:
+        return None
+    return (f"ESS/N {summary['ess_fraction']:.4f} < {LOW_ESS_FRACTION}: a few samples carry the weight; "
+            "reweighted averages and free energies from these samples are unreliable")
+
+
+def check_sizes(n: int, batch_size: int) -> None:
+    """Raise BgkitError unless the sample count and batch size are positive."""
+    if n < 1:
+        raise BgkitError(f"--n must be a positive number of samples, got {n}")
+    if batch_size < 1:
+        raise BgkitError(f"--batch-size must be positive, got {batch_size}")
+
+
+def load_proposal(system: System | str, model: str | Path | None = None, device: str = "cpu") -> Proposal:
+    """The proposal ``model`` (default: the system's shipped proposal.pt), checked against ``system``."""
+    system = load_system(system)
+    path = Path(model) if model is not None else system.folder / "proposal.pt"
+    if model is None and not path.is_file():
+        raise BgkitError(f"system '{system.name}' ships no proposal ({path} missing): pass --model")
+    return Proposal.load(path, system=system, device=device)
+
+
 def _dist() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
@@ -79,10 +122,7 @@ def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: i
 
     from bgkit.energy import EnergyModel
 
-    if n < 1:
-        raise BgkitError(f"--n must be a positive number of samples, got {n}")
-    if batch_size < 1:
-        raise BgkitError(f"--batch-size must be positive, got {batch_size}")
+    check_sizes(n, batch_size)
     if chirality not in ("drop", "keep"):
         raise BgkitError(f"chirality must be 'drop' or 'keep', got {chirality!r}")
     system = load_system(system)

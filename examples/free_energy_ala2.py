@@ -19,9 +19,9 @@ import numpy as np
 
 
 def main() -> None:
-    from bgkit.data import load_dataset
     from bgkit.evaluate import pairs
     from bgkit.free_energy import ALA2_STATES, delta_f_counting, delta_f_reweighting, state_masks
+    from bgkit.md import load_dataset
     from bgkit.proposal import Proposal
     from bgkit.reweight import kish_ess
     from bgkit.sample import draw

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-# The benchmark table of DESIGN.md, written out here independently of systems/*/system.yaml,
+# The systems table of README.md ("Systems"), written out here independently of systems/*/system.yaml,
 # so that the tests compare bgkit against OpenMM set up by hand.
 DESIGN_TABLE = {
     "ala2": dict(atoms=22, ff=["amber99sbildn.xml", "amber99_obc.xml"], method="NoCutoff", cutoff=None, T=300.0),

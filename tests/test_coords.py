@@ -13,7 +13,7 @@ from bgkit import BgkitError
 from bgkit.coords import (CartesianCoords, InternalCoords, build_zmatrix, center, fit_representation,
                           random_rotations, representation_from_state, rotate)
 from bgkit.coords.geometry import bond_angles, dihedrals, place
-from bgkit.reweight import chiral_centres, chirality_signs
+from bgkit.chirality import chiral_centres, chirality_signs
 
 DATA = Path(__file__).parent / "data"
 N = 5
@@ -149,7 +149,7 @@ def _user_system(tmp_path: Path):
 
 
 def _md_like_frames(system, n: int, seed: int = 0) -> np.ndarray:
-    from bgkit.data import load_dataset
+    from bgkit.md.dataset import load_dataset
 
     if system.name in ("ala2", "ala3", "ala4"):
         xyz = load_dataset(system.name).split("test")

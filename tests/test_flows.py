@@ -148,7 +148,9 @@ def test_build_flow_errors_and_defaults() -> None:
         build_flow("tarflow", 10, token_size=3)
     with pytest.raises(BgkitError, match="hiddn"):
         build_flow("nsf", 6, hiddn=3)
-    assert set(ARCHITECTURES) == {"realnvp", "nsf", "tarflow"}
+    assert set(ARCHITECTURES) == {"realnvp", "nsf", "tarflow", "cnf"}
+    with pytest.raises(BgkitError, match="divergence"):
+        build_flow("cnf", 6, divergence="approximate")
     t = build_flow("tarflow", 66)
     assert isinstance(t, TarFlow) and t.hparams["width"] == 256 and t.hparams["parallel"] == "sample"
     for arch in ARCHITECTURES:

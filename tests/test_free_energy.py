@@ -124,8 +124,15 @@ def test_basin_populations():
     x = mixture_samples(10000, rng)
     pops = basin_populations({"A": x < 0, "B": x >= 0}, n_blocks=20, n_boot=300, seed=0)
     p_a = float(np.sum(WEIGHTS * stats.norm.cdf(0.0, MEANS, SIGMA)))
-    assert pops["A"].fraction + pops["B"].fraction == pytest.approx(1.0)
+    # fractions and halves are the counts of the frames in each state (counted here directly)
+    assert pops["A"].fraction == np.count_nonzero(x < 0) / x.size
+    assert pops["B"].fraction == np.count_nonzero(x >= 0) / x.size
+    assert pops["A"].first_half == np.count_nonzero(x[:5000] < 0) / 5000
+    assert pops["A"].second_half == np.count_nonzero(x[5000:] < 0) / 5000
     assert abs(pops["A"].fraction - p_a) < 4 * pops["A"].stderr
+    # independent frames: the block-bootstrap error is the binomial one, sqrt(p(1 − p)/n) (0.0047 here)
+    binomial = math.sqrt(p_a * (1.0 - p_a) / x.size)
+    assert 0.7 * binomial < pops["A"].stderr < 1.4 * binomial, (pops["A"].stderr, binomial)
     assert pops["A"].stderr == pytest.approx(pops["B"].stderr)
     assert abs(pops["A"].first_half - pops["A"].second_half) < 0.05
     with pytest.raises(BgkitError):

@@ -49,7 +49,7 @@ def test_targets_are_in_internal_coordinates(runs) -> None:
 def test_proposal_remembers_its_representation(runs, arch, objective) -> None:
     """sample/log_prob use the stored representation: log q of the samples, recomputed from positions, agrees."""
     from bgkit.proposal import Proposal
-    from bgkit.reweight import check_chirality, chiral_centres, chirality_signs
+    from bgkit.chirality import check_chirality, chiral_centres, chirality_signs
     from bgkit.systems import load_system
 
     root, _ = runs
@@ -98,7 +98,7 @@ def test_unfinished_checkpoint_is_flagged(runs, tmp_path) -> None:
     """An interrupted run's checkpoint: sample warns, export refuses unless --unfinished."""
     import shutil
 
-    from bgkit.train.loop import load_checkpoint
+    from bgkit.checkpoint import load_checkpoint
 
     root, _ = runs
     ckpt = load_checkpoint(root / "nsf-mle.pt")
@@ -117,7 +117,7 @@ def test_unfinished_checkpoint_is_flagged(runs, tmp_path) -> None:
 
 def test_same_seed_same_weights(tmp_path) -> None:
     """The initial weights are drawn from the seed: two identical runs give identical checkpoints."""
-    from bgkit.train.loop import load_checkpoint
+    from bgkit.checkpoint import load_checkpoint
     from bgkit.train.molecular import train_proposal
 
     for k in (1, 2):
@@ -131,7 +131,7 @@ def test_same_seed_same_weights(tmp_path) -> None:
 def test_wrong_dimension_proposal_names_the_mismatch(runs, tmp_path) -> None:
     from bgkit import BgkitError
     from bgkit.proposal import Proposal
-    from bgkit.train.loop import load_checkpoint
+    from bgkit.checkpoint import load_checkpoint
 
     root, _ = runs
     ckpt = load_checkpoint(root / "nsf-mle.pt")

@@ -67,14 +67,14 @@ def test_energy_command_refuses_a_reordered_pdb(files):
 
 
 def test_plotting_a_sample_folder_checks_its_topology(files, tmp_path):
-    from bgkit.cli import _positions_of
+    from bgkit.evaluate import positions_of
 
     folder, _ = files
     (tmp_path / "summary.json").write_text('{"system": "ala2"}')
     np.savez(tmp_path / "weights.npz", log_w=np.zeros(3))
     shutil.copy(folder / "swapped.h5", tmp_path / "samples.h5")
     with pytest.raises(BgkitError, match="does not match system 'ala2'"):
-        _positions_of(str(tmp_path), reweighted=False)
+        positions_of(str(tmp_path), reweighted=False)
 
 
 # ------------------------------------------------- item 11: unreadable files

@@ -12,8 +12,8 @@ import pytest
 from conftest import wait_for_chunks
 
 from bgkit import BgkitError
-from bgkit.data import load_dataset
-from bgkit.replica_exchange import acceptance, temperature_ladder
+from bgkit.md.dataset import load_dataset
+from bgkit.md.replica_exchange import acceptance, temperature_ladder
 
 ARGS = ["--system", "ala2", "--chunk", "5", "--save-every", "0.5", "--equilibrate", "1", "--seed", "5",
         "--replica-exchange", "3", "--t-max", "450"]

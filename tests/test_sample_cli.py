@@ -29,7 +29,7 @@ def assert_one_line_error(res, *fragments):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 200-frame ala2 dataset, OT targets and a 30-step RegFlow NSF trained on them."""
-    from bgkit.simulate import simulate
+    from bgkit.md.simulate import simulate
     from bgkit.train.molecular import make_ot_targets, train_proposal
 
     root = tmp_path_factory.mktemp("pipeline")

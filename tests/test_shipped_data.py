@@ -7,7 +7,7 @@ import mdtraj
 import numpy as np
 import pytest
 
-from bgkit.data import load_dataset
+from bgkit.md.dataset import load_dataset
 from bgkit.energy import EnergyModel
 from bgkit.systems import load_system
 

@@ -58,6 +58,14 @@ def test_sample_and_evaluate_out_of_the_box(name, tmp_path):
     with np.load(out / "weights.npz") as w:
         assert {"log_q", "energy_kt", "log_w", "resampled"} <= set(w.files)
         assert np.isfinite(w["log_q"]).all()
+        u, log_q, log_w = w["energy_kt"], w["log_q"], w["log_w"]
+    # the reported ESS is the Kish ESS (Σw)²/Σw² of w = exp(−u − log q), recomputed here from the stored arrays
+    ok = np.isfinite(u) & np.isfinite(log_q)
+    np.testing.assert_allclose(log_w[ok], -u[ok] - log_q[ok], rtol=1e-12)
+    assert np.all(np.isneginf(log_w[~ok])) and summary["n_nonfinite"] == int(np.sum(~ok))
+    weights = np.exp(log_w[ok] - log_w[ok].max())
+    ess = weights.sum() ** 2 / np.sum(weights**2)
+    assert summary["ess"] == pytest.approx(ess, rel=1e-9) and summary["ess_fraction"] == pytest.approx(ess / 200)
     assert mdtraj.load(str(out / "samples.h5")).n_atoms == n_atoms
 
     ev = tmp_path / "eval"
@@ -67,6 +75,7 @@ def test_sample_and_evaluate_out_of_the_box(name, tmp_path):
     for key in ("ess", "e_w2_proposal", "e_w2_resampled", "t_w2_proposal", "t_w2_resampled", "nll_test",
                 "samples_per_second"):
         assert key in metrics and np.isfinite(metrics[key]), key
+    assert metrics["ess"] / 200 > ESS_FLOOR[name], metrics["ess"]  # evaluate's samples too beat a broken proposal
     for fig in ("ramachandran.png", "energies.png", "log_weights.png"):
         assert (ev / fig).stat().st_size > 1000
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import wait_for_chunks
 
 from bgkit import BgkitError
-from bgkit.data import load_dataset
+from bgkit.md.dataset import load_dataset
 
 ARGS = ["--system", "ala2", "--ns", "0.03", "--chunk", "2", "--save-every", "0.1", "--equilibrate", "0.5", "--seed", "7"]
 

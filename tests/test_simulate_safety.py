@@ -14,8 +14,8 @@ import pytest
 from _cli_helpers import assert_one_line_error, bgkit
 
 from bgkit import BgkitError
-from bgkit.data import load_dataset
-from bgkit.simulate import simulate
+from bgkit.md.dataset import load_dataset
+from bgkit.md.simulate import simulate
 
 FAST = dict(save_every_ps=0.1, chunk_ps=2.0, equilibrate_ps=0.5, progress=False)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bgkit.coords import CartesianCoords
-from bgkit.data import load_dataset
+from bgkit.md.dataset import load_dataset
 from bgkit.energy import EnergyModel
 from bgkit.symmetry import align_groups, equivalent_groups, terminal_groups
 from bgkit.systems import load_system

@@ -1,4 +1,4 @@
-"""Shipped systems match DESIGN.md's table; the builder is deterministic; bad specs fail clearly."""
+"""Shipped systems match README.md's "Systems" table; the builder is deterministic; bad specs fail clearly."""
 from __future__ import annotations
 
 import shutil

@@ -1,15 +1,17 @@
 """RegFlow vs maximum likelihood, internal vs Cartesian coordinates: the same NSF, the same wall-clock budget.
 
     python -m bgkit.bench.regflow_vs_mle --system ala2 --seconds 600 [--coords internal cartesian]
-                                         [--n-eval 5000] [--out DIR]
+                                         [--objectives mle regflow reflow --reflow DIR] [--n-eval 5000] [--out DIR]
 
 Every (coordinates, objective) pair trains the same architecture on the
 system's shipped train split (RegFlow on exact-OT targets in that flow space,
-made first; their cost is reported separately, as it is paid once offline). The number of steps of each run is
+made first; their cost is reported separately, as it is paid once offline; ``reflow``: RegFlow on the
+reflow targets folder ``--reflow`` made by ``bgkit targets reflow``, whose teacher and pair count are
+reported). The number of steps of each run is
 set from a short calibration of its step time so that the cosine schedule
 ends at the budget; ``max_seconds`` enforces it. Each proposal is then
 evaluated like ``bgkit evaluate``: ESS, E-W2 and T-W2 against the test split
-(DESIGN.md definitions), and training samples/s.
+(docs/methods.md definitions), and training samples/s.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def _steps_for(budget: float, system: str, objective: str, targets: str | None, hparams: dict, batch: int,
@@ -45,7 +46,7 @@ def _steps_for(budget: float, system: str, objective: str, targets: str | None, 
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from bgkit.data import load_dataset
+    from bgkit.md.dataset import load_dataset
     from bgkit.train.molecular import make_ot_targets
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,9 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hparams", default='{"hidden": 128, "n_layers": 8}')
     ap.add_argument("--n-eval", type=int, default=5000)
     ap.add_argument("--coords", nargs="+", default=["internal", "cartesian"], choices=["internal", "cartesian"])
-    ap.add_argument("--objectives", nargs="+", default=["mle", "regflow"], choices=["mle", "regflow"])
+    ap.add_argument("--objectives", nargs="+", default=["mle", "regflow"], choices=["mle", "regflow", "reflow"])
+    ap.add_argument("--reflow", default=None, help="reflow targets folder (objective reflow)")
     ap.add_argument("--out", default="bench-regflow-vs-mle")
     args = ap.parse_args(argv)
+    if "reflow" in args.objectives and not args.reflow:
+        ap.error("objective reflow needs --reflow DIR (made by `bgkit targets reflow`)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"OT targets ({coords}): {info['frames']} pairs in blocks of {info['block_size']}: "
                   f"{time.perf_counter() - t:.1f} s", flush=True)
         for objective in args.objectives:
+            if objective == "reflow" and json.loads((Path(args.reflow) / "reflow.json").read_text())["coords"] != coords:
+                continue  # reflow targets live in the flow space of their teacher
             rows.append(_run(args, coords, objective, hparams, out, ds))
     print(f"\n{'coords':9s} {'objective':9s} {'steps':>6s} {'train s':>8s} {'samples/s':>10s} {'ESS/N':>8s} "
           f"{'ESS/N clip':>10s} {'E-W2 q':>10s} {'E-W2 rw':>8s} {'T-W2 q':>7s} {'T-W2 rw':>8s} {'NLL':>8s}")
@@ -93,19 +99,26 @@ def _run(args, coords: str, objective: str, hparams: dict, out: Path, ds) -> dic
     from bgkit.evaluate import compute_metrics
     from bgkit.proposal import Proposal
     from bgkit.sample import draw
+    from bgkit.train.config import schedule_for
     from bgkit.train.molecular import train_proposal
 
-    targets = str(out / f"targets-{coords}.npz") if objective == "regflow" else None
-    steps = _steps_for(args.seconds, args.system, objective, targets, hparams, args.batch_size, out, args.data, coords)
+    targets = {"regflow": str(out / f"targets-{coords}.npz"), "reflow": args.reflow}.get(objective)
+    trained = "regflow" if objective == "reflow" else objective
+    steps = _steps_for(args.seconds, args.system, trained, targets, hparams, args.batch_size, out, args.data, coords)
     path = out / f"{coords}-{objective}.pt"
-    result = train_proposal(args.system, "nsf", objective, path, targets=targets, data=args.data, hparams=hparams,
+    result = train_proposal(args.system, "nsf", trained, path, targets=targets, data=args.data, hparams=hparams,
                             coords=coords, progress=False,
-                            config_overrides={"steps": steps, "batch_size": args.batch_size,
-                                              "warmup_steps": min(500, steps // 10), "val_every": max(1, steps // 10),
-                                              "ckpt_every": max(1, steps // 5), "max_seconds": args.seconds})
+                            config_overrides={**schedule_for(steps), "batch_size": args.batch_size,
+                                              "max_seconds": args.seconds})
     proposal = Proposal.load(path, system=args.system)
     sample = draw(proposal, ds.system, n=args.n_eval, seed=1, progress=False)
     m = compute_metrics(sample, proposal, ds, seed=1)
+    if objective == "reflow":
+        from bgkit.train.reflow import open_reflow
+
+        made = open_reflow(args.reflow).provenance
+        print(f"reflow targets {args.reflow}: {made['n']} pairs from teacher {made['teacher']} "
+              f"({made['teacher_objective']}), {made['method']} {made['steps']} steps", flush=True)
     row = {"coords": coords, "objective": objective, "steps": result.steps, "train_seconds": result.wall_time_s,
            "train_samples_per_s": result.samples_per_s,
            "ess_fraction_clipped": sample.summary()["ess_fraction_clipped"], **{k: m[k] for k in (

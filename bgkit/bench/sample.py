@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
 def _twin(proposal, system):
     """A freshly initialised proposal of the same architecture and hyperparameters in the other representation."""
     from bgkit.coords import fit_representation
-    from bgkit.data import load_dataset
+    from bgkit.md.dataset import load_dataset
     from bgkit.flows import build_flow
     from bgkit.proposal import Proposal
 

@@ -11,7 +11,6 @@ rotation-invariant and need none.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from bgkit import BgkitError
 from bgkit.coords import Representation, fit_representation, representation_from_state
-from bgkit.data import Dataset, load_dataset
+from bgkit.md.dataset import Dataset, load_dataset
 from bgkit.proposal import PROPOSAL_KIND, system_record
 from bgkit.systems import load_system
 
@@ -90,18 +89,27 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
                    coords: str | None = None, init: str | Path | None = None, energy_workers: int = 1):
     """Train a flow for ``system``; the checkpoint is a proposal.
 
-    objective: "regflow" (regression onto ``targets``), "mle" (maximum likelihood on the train
-    frames) or "kl" (maximum likelihood + ``kl_weight`` × reverse KL to exp(−u), with energies and
-    forces from ``energy_workers`` OpenMM workers; :mod:`bgkit.train.kl`).
+    objective: a name of :data:`bgkit.train.objectives.OBJECTIVES` — "regflow" (regression onto
+    ``targets``: an OT targets file or a reflow targets folder), "mle" (maximum likelihood on the train
+    frames), "kl" (maximum likelihood + ``kl_weight`` × reverse KL to exp(−u), with energies and
+    forces from ``energy_workers`` OpenMM workers; :mod:`bgkit.train.kl`), or a flow-matching
+    objective ("cfm", "otcfm", "wcfm", "fdm") for ``arch="cnf"`` (a teacher; :mod:`bgkit.train.matching`).
     ``coords`` ("cartesian" | "internal"): the flow space. RegFlow takes it from the targets
     file (an explicit, different ``coords`` is an error); MLE and KL fit it on the train frames
     (default "cartesian"). ``init``: start from the weights and representation of this proposal or
     checkpoint (same architecture; its hyperparameters are used), e.g. KL fine-tuning of an MLE flow.
     """
     from bgkit.flows import build_flow
-    from bgkit.train.loop import TrainConfig, train
+    from bgkit.train.config import TrainConfig
+    from bgkit.train.loop import train
+    from bgkit.train.objectives import get_objective
     from bgkit.train.targets import load_targets, ot_pairs
 
+    spec = get_objective(objective)
+    if (arch == "cnf") != (spec.model == "cnf"):
+        raise BgkitError(f"objective {objective!r} trains " + ("continuous flows (--arch cnf, `bgkit teacher train`)"
+                         if spec.model == "cnf" else "coupling flows and TarFlow, not a cnf (teachers are trained by "
+                         "flow matching: cfm, otcfm, wcfm, fdm)"))
     sys_ = load_system(system)
     cfg = TrainConfig.from_dict({"objective": objective, **(config_overrides or {})})
     dataset = load_dataset(data or sys_.name)
@@ -109,10 +117,16 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         raise BgkitError(f"dataset {dataset.folder} was simulated for another topology than system '{sys_.name}'")
     val_xyz = _frames(dataset, "val", 2000, cfg.seed)
     start = _initial_proposal(init, sys_, arch, coords) if init is not None else None
-    if objective == "regflow":
+    if spec.pairs:
         if targets is None:
-            raise BgkitError("--objective regflow needs --targets (make them with `bgkit targets ot`)")
-        t = load_targets(targets)
+            raise BgkitError("--objective regflow needs --targets (make them with `bgkit targets ot` or "
+                             "`bgkit targets reflow`)")
+        if Path(targets).is_dir():
+            from bgkit.train.reflow import open_reflow
+
+            t = open_reflow(targets)
+        else:
+            t = load_targets(targets)
         prov = t.provenance
         if prov.get("system", {}).get("topology_hash") != sys_.topology_hash:
             raise BgkitError(f"targets {targets} were made for system '{prov.get('system', {}).get('name')}', not '{sys_.name}'")
@@ -122,30 +136,28 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         if coords is not None and coords != rep.kind:
             raise BgkitError(f"targets {targets} are in {rep.kind} coordinates, not {coords}: "
                              f"make targets with `bgkit targets ot --coords {coords}`")
-        train_data = (torch.as_tensor(t.x0), torch.as_tensor(t.x1))
-        y_val = to_flow_space(rep, val_xyz)
-        v0, v1 = ot_pairs(y_val, seed=cfg.seed + 1, block_size=1000, periodic=rep.periodic)
-        if prov.get("aligned_groups"):  # validate on pairs made like the training pairs
-            from bgkit.symmetry import align_groups
+        if Path(targets).is_dir():  # reflow chunks, streamed from the folder's chunks; its own held-out pairs validate
+            train_data = t.train
+            val_data = tuple(torch.as_tensor(v).float() for v in t.val)
+            n_train = t.train.n
+        else:
+            train_data = (torch.as_tensor(t.x0).float(), torch.as_tensor(t.x1).float())
+            y_val = to_flow_space(rep, val_xyz)
+            v0, v1 = ot_pairs(y_val, seed=cfg.seed + 1, block_size=1000, periodic=rep.periodic)
+            if prov.get("aligned_groups"):  # validate on pairs made like the training pairs
+                from bgkit.symmetry import align_groups
 
-            v1, _ = align_groups(v0, v1, prov["aligned_groups"])
-        val_data = (torch.as_tensor(v0), torch.as_tensor(v1))
-        n_train = len(t.x0)
+                v1, _ = align_groups(v0, v1, prov["aligned_groups"])
+            val_data = (torch.as_tensor(v0).float(), torch.as_tensor(v1).float())
+            n_train = len(t.x0)
         targets_record = _targets_record(prov)
-    elif objective in ("mle", "kl"):
+    else:
         xyz = _frames(dataset, "train", max_frames, cfg.seed)
         rep = start.transform if start is not None else fit_representation(coords or "cartesian", xyz, sys_)
-        train_data = torch.as_tensor(to_flow_space(rep, xyz))
-        val_data = torch.as_tensor(to_flow_space(rep, val_xyz))
+        train_data = torch.as_tensor(to_flow_space(rep, xyz)).float()
+        val_data = torch.as_tensor(to_flow_space(rep, val_xyz)).float()
         n_train = len(xyz)
         targets_record = None
-    else:
-        raise BgkitError(f"unknown objective '{objective}': choose regflow, mle or kl")
-    if isinstance(train_data, tuple):
-        train_data = tuple(x.float() for x in train_data)
-        val_data = tuple(x.float() for x in val_data)
-    else:
-        train_data, val_data = train_data.float(), val_data.float()
     hp = dict(start.info["hparams"]) if start is not None else dict(hparams or {})
     if rep.periodic:
         if arch == "tarflow":
@@ -166,7 +178,7 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
                      "init": str(init) if init is not None else None,
                      "init_training": start.info.get("training") if start is not None else None},
     }
-    if objective != "kl":
+    if not spec.energy:
         return train(flow, train_data, val_data, cfg, out, resume=resume, augment=rep.augment,
                      extra_checkpoint=extra, progress=progress)
     from bgkit.energy import EnergyModel
@@ -193,32 +205,6 @@ def _initial_proposal(init: str | Path, system: Any, arch: str, coords: str | No
 def _targets_record(prov: dict[str, Any]) -> dict[str, Any]:
     """What a proposal keeps of its targets' provenance: how they were made."""
     keys = ("command", "seed", "time_utc", "bgkit_version", "dataset", "split", "frames", "block_size", "coords", "cost",
-            "aligned_groups", "rejected_groups", "relabelled_pairs")
+            "aligned_groups", "rejected_groups", "relabelled_pairs", "kind", "teacher", "teacher_sha256",
+            "teacher_objective", "n", "chunk_size", "method", "steps", "created")
     return {k: prov[k] for k in keys if k in prov}
-
-
-def export_proposal(checkpoint: str | Path, out: str | Path, metrics: dict | None = None,
-                    unfinished: bool = False) -> Path:
-    """A slim copy of a training checkpoint for shipping: EMA weights and metadata, no optimiser state.
-
-    The checkpoint of an interrupted run (not at its last step) is refused unless ``unfinished``.
-    """
-    from bgkit.provenance import atomic_save
-    from bgkit.train.loop import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    if not ckpt.get("final", True) and not unfinished:
-        raise BgkitError(f"{checkpoint} is the checkpoint of an unfinished training run (step {ckpt['step']} of "
-                         f"{ckpt['config'].get('steps')}): finish it with `bgkit train ... --resume`, or pass "
-                         "--unfinished to export it anyway")
-    training = ckpt.get("extra", {}).get("training", {})
-    if training.get("targets") and training.get("targets_provenance") is None:  # checkpoints of bgkit <= 0.1.0
-        from bgkit.train.targets import load_targets
-
-        path = Path(training["targets"])
-        if path.is_file():
-            training["targets_provenance"] = _targets_record(load_targets(path).provenance)
-    slim = {k: v for k, v in ckpt.items() if k not in ("raw_model", "optimizer", "scheduler", "rng")}
-    if metrics:
-        slim["metrics"] = {**slim.get("metrics", {}), **json.loads(json.dumps(metrics))}
-    return atomic_save(slim, out)

@@ -1,6 +1,6 @@
 """Reference MD datasets written by ``bgkit simulate``: loading, splits, provenance.
 
-A dataset is a folder (see :mod:`bgkit.simulate` for the layout) with
+A dataset is a folder (see :mod:`bgkit.md.simulate` for the layout) with
 ``dataset.json``, ``topology.pdb``, a frozen copy of the system definition and
 per-replica XTC chunks with reduced energies. Shipped datasets live in
 ``systems/<name>/md``; ``load_dataset("ala2")`` finds them.
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bgkit import BgkitError
+from bgkit.md.chunks import PROGRESS, chunk_path
 from bgkit.systems import System, load_system, shipped_systems, systems_dir
 
 SPLITS = ("train", "val", "test")
@@ -71,11 +72,11 @@ class Dataset:
         """Replicas with their completed chunks (an interrupted chunk is never included)."""
         out = []
         for rep in sorted(self.folder.glob("rep[0-9][0-9][0-9]")):
-            progress = rep / "progress.json"
+            progress = rep / PROGRESS
             if not progress.is_file():
                 continue
             done = json.loads(progress.read_text())["chunks_done"]
-            chunks = tuple(rep / f"chunk{k:05d}.xtc" for k in range(done))
+            chunks = tuple(chunk_path(rep, k) for k in range(done))
             missing = [c for c in chunks if not c.is_file() or not c.with_suffix(".npy").is_file()]
             if missing:
                 raise BgkitError(f"dataset {self.folder}: {missing[0]} listed as complete but missing")

@@ -1,7 +1,7 @@
 """Convergence check of a reference dataset: basin populations in both halves of the data.
 
 For every residue with both φ and ψ, the frames are assigned to the coarse
-C7eq/β, α_R and α_L (φ > 0) basins of ``bgkit.free_energy.ALA2_STATES``; the
+C7eq/β, α_R and α_L (φ > 0) basins of ``bgkit.free_energy.states.ALA2_STATES``; the
 populations of the first and the second half of every replica's trajectory
 are compared, each with a bootstrap error over contiguous time blocks. Two
 halves agree when they differ by less than 3 combined standard errors.
@@ -13,7 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from bgkit.data import load_dataset
+from bgkit.free_energy.states import ALA2_STATES, basin_populations, state_masks
+from bgkit.md.dataset import load_dataset
+from bgkit.metrics import phi_psi_pairs
+
+__all__ = ["check_dataset"]
 
 
 def _halves(replica_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -27,11 +31,12 @@ def _halves(replica_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def check_dataset(name_or_path: str, n_blocks: int = 20, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Report (plain data) of basin populations per half with block-bootstrap errors."""
-    from bgkit.evaluate import pairs
-    from bgkit.free_energy import ALA2_STATES, basin_populations, state_masks
+    import mdtraj
 
     ds = load_dataset(name_or_path)
-    phi, psi, labels = pairs(ds.xyz, ds.system)
+    angles = phi_psi_pairs(mdtraj.Trajectory(np.asarray(ds.xyz, dtype=np.float32), ds.system.topology))
+    labels = list(angles)
+    phi, psi = (np.stack([angles[k][i] for k in labels], 1) for i in (0, 1))
     first, second = _halves(ds.replica_index)
     rows = []
     for k, label in enumerate(labels):

@@ -9,7 +9,7 @@ accepted with the Metropolis criterion (openmmtools
 ``ParallelTemperingSampler``, its default "swap-all" Gibbs mixing: any pair
 may swap, not only neighbours; :func:`acceptance` reports the neighbours'). Only the configurations at the lowest (the
 system's) temperature are exported, in exactly the chunk format of plain MD
-(see :mod:`bgkit.simulate`), so every dataset tool reads them unchanged::
+(see :mod:`bgkit.md.chunks`), so every dataset tool reads them unchanged::
 
     OUT/rep000/chunk00000.xtc       target-temperature frames (nm), one per exchange iteration
     OUT/rep000/chunk00000.npy       their reduced energies u/kT at the target temperature
@@ -37,6 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from bgkit import BgkitError
+from bgkit.md.chunks import (Chunk, chunk_seed, commit_state, open_replica, resume_state, run_chunks, state_name,
+                             state_path)
+from bgkit.provenance import atomic_write_json
 
 
 def temperature_ladder(t_min: float, t_max: float, n: int) -> list[float]:
@@ -147,11 +150,8 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
     """Run (or resume) one parallel-tempering run to completion; returns the number of exported frames."""
     import openmm
 
-    from bgkit.simulate import (_atomic, _chunk_seed, _commit, _drop_states, _progress, _state_path, _write_chunk,
-                                _write_json, frames_held, open_replica)
-
-    settings, system, platform, rep, progress, omm_system, scorer = open_replica(folder, replica, settings_dict)
-    done = None if progress is None else progress["chunks_done"]
+    rf = open_replica(folder, replica, settings_dict)
+    settings, system, platform, rep, progress, omm_system, scorer = rf
     temperatures = list(settings.temperatures_K)
     parent = os.getppid()
     scratch = rep / "scratch"
@@ -159,13 +159,10 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
     common = dict(steps_per_iteration=settings.steps_per_frame, friction_per_ps=settings.friction_per_ps,
                   step_fs=settings.step_fs, platform=platform, scratch=scratch)
 
-    def commit(chunks_done: int, frames: int, result: dict, stats: dict) -> None:
-        name = f"exchange_state{chunks_done:05d}.npz"
-        _atomic(rep / name, lambda fh: np.savez(fh, positions=result["positions"], velocities=result["velocities"]))
-        _commit(rep, chunks_done, frames, name, exchange=stats)
-        _write_json(rep / "exchange.json", stats)
+    def saver(result: dict):
+        return lambda fh: np.savez(fh, positions=result["positions"], velocities=result["velocities"])
 
-    if done is None:  # fresh start: minimise, equilibrate every temperature (not saved)
+    if progress is None:  # fresh start: minimise, equilibrate every temperature (not saved)
         from openmm import unit
 
         scorer.setPositions(system.positions)  # the scoring Context doubles as the minimiser
@@ -173,39 +170,27 @@ def run_exchange_replica(folder: str, replica: int, settings_dict: dict, progres
         start = scorer.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
         n_eq = max(1, int(round(settings.equilibrate_ps / settings.save_every_ps)))
         result = run_iterations(omm_system, temperatures, np.repeat(start[None], len(temperatures), 0), None, n_eq,
-                                seed=_chunk_seed(settings.seed, replica, -1), **common)
+                                seed=chunk_seed(settings.seed, replica, -1), **common)
         stats = {"temperatures_K": temperatures, "accepted": np.zeros((len(temperatures),) * 2, int).tolist(),
                  "proposed": np.zeros((len(temperatures),) * 2, int).tolist(), "note":
                  "swap counts [i, j] between temperature i and j over the exported chunks (equilibration excluded)"}
-        commit(0, 0, result, stats)
-        progress, done = _progress(rep), 0
+        commit_state(rep, 0, 0, state_name("exchange", 0), saver(result), exchange=stats)
+        atomic_write_json(stats, rep / "exchange.json")
     else:
-        _drop_states(rep, keep=_state_path(rep, progress).name)
-    frames_done = frames_held(progress, settings)
-    if progress_queue is not None and frames_done:
-        progress_queue.put((replica, frames_done * settings.save_every_ps / 1000.0))
-    k = done
-    while settings.chunk_frames(frames_done) > 0:  # the last chunk may be shorter; a larger --ns adds chunks
-        if os.getppid() != parent:  # the run was stopped: never write into a folder nobody watches
-            raise SystemExit(1)
-        saved = np.load(_state_path(rep, progress))
-        stats = progress["exchange"]
-        n_frames = settings.chunk_frames(frames_done)
+        resume_state(rep, progress)
+
+    def run_chunk(k: int, frames_done: int, n_frames: int, committed: dict) -> Chunk:
+        saved = np.load(state_path(rep, committed))
+        stats = committed["exchange"]
         result = run_iterations(omm_system, temperatures, saved["positions"], saved["velocities"], n_frames,
-                                seed=_chunk_seed(settings.seed, replica, k), **common)
-        if not np.isfinite(result["frames"]).all():
-            raise BgkitError(f"replica {replica}: the simulation blew up (non-finite positions) in chunk {k}")
+                                seed=chunk_seed(settings.seed, replica, k), **common)
         times = settings.save_every_ps * np.arange(frames_done + 1, frames_done + n_frames + 1)
-        _write_chunk(rep, k, system, result["frames"].astype(np.float32), times.astype(np.float32), scorer)
         stats = {**stats, "accepted": (np.asarray(stats["accepted"]) + result["accepted"]).tolist(),
                  "proposed": (np.asarray(stats["proposed"]) + result["proposed"]).tolist()}
-        frames_done += n_frames
-        commit(k + 1, frames_done, result, stats)
-        progress = _progress(rep)
-        k += 1
-        if progress_queue is not None:
-            progress_queue.put((replica, frames_done * settings.save_every_ps / 1000.0))
-    return int(progress["frames"])
+        return Chunk(result["frames"], times.astype(np.float32), state_name("exchange", k + 1), saver(result),
+                     {"exchange": stats}, after_commit=lambda: atomic_write_json(stats, rep / "exchange.json"))
+
+    return run_chunks(rf, replica, parent, run_chunk, progress_queue)
 
 
 def acceptance(stats: dict) -> list[float]:

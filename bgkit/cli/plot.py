@@ -1,0 +1,78 @@
+"""``bgkit plot ramachandran|energies|weights``: single figures from datasets or sample folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bgkit import BgkitError
+from bgkit.cli.common import _Group
+
+
+@click.group(cls=_Group)
+def plot() -> None:
+    """Draw single figures from datasets or sample folders."""
+
+
+_PLOT_OUT_HELP = "Figure file: .png, or .pdf (written with a .png beside it)."
+_PLOT_FORCE_HELP = "Overwrite an existing --out file."
+
+
+def _check_plot_out(out: Path, force: bool) -> None:
+    """--out of a plot command: .png or .pdf (+ .png), each new or replaced only with --force."""
+    from bgkit.outputs import check_output_file
+
+    if out.suffix.lower() not in (".png", ".pdf"):
+        raise BgkitError(f"--out must end in .png or .pdf, got {out.name}")
+    check_output_file(out, force)
+    if out.suffix.lower() == ".pdf":
+        check_output_file(out.with_suffix(".png"), force, hint="a .pdf is written with a .png beside it: "
+                                                                  "pass --force to replace it")
+
+
+@plot.command("ramachandran")
+@click.argument("source")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help=_PLOT_OUT_HELP)
+@click.option("--reweighted", is_flag=True, help="Sample folder: weight samples by their importance weights.")
+@click.option("--force", is_flag=True, help=_PLOT_FORCE_HELP)
+def plot_ramachandran(source: str, out: Path, reweighted: bool, force: bool) -> None:
+    """Ramachandran free energy (kT) of a dataset (name or folder) or a sample folder; every φ/ψ pair."""
+    _check_plot_out(out, force)
+    from bgkit import plots
+    from bgkit.evaluate import pairs, positions_of
+
+    xyz, system, weights, label = positions_of(source, reweighted)
+    phi, psi, labels = pairs(xyz, system)
+    plots.ramachandran_panels({label: (phi, psi) if weights is None else (phi, psi, weights)}, out,
+                              title=f"{system.name}: {label}", pair_labels=labels)
+    click.echo(f"wrote {out}")
+
+
+@plot.command("energies")
+@click.argument("sample_folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help=_PLOT_OUT_HELP)
+@click.option("--force", is_flag=True, help=_PLOT_FORCE_HELP)
+def plot_energies(sample_folder: Path, out: Path, force: bool) -> None:
+    """Energy histograms (MD test split, proposal, reweighted) of a sample folder."""
+    _check_plot_out(out, force)
+    from bgkit import plots
+    from bgkit.evaluate import energy_sets
+
+    name, data = energy_sets(sample_folder)
+    plots.energy_histograms(data, out, title=f"{name}: energies")
+    click.echo(f"wrote {out}")
+
+
+@plot.command("weights")
+@click.argument("sample_folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help=_PLOT_OUT_HELP)
+@click.option("--force", is_flag=True, help=_PLOT_FORCE_HELP)
+def plot_weights(sample_folder: Path, out: Path, force: bool) -> None:
+    """Log-weight histogram of a sample folder."""
+    _check_plot_out(out, force)
+    from bgkit import plots
+    from bgkit.sample import load_sample_folder
+
+    d = load_sample_folder(sample_folder)
+    plots.log_weight_histogram(d["log_w"], out, title=f"{d['summary']['system']}: log-weights")
+    click.echo(f"wrote {out}")

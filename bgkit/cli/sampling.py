@@ -1,0 +1,118 @@
+"""``bgkit sample`` and ``bgkit evaluate``: argument checks and output over :mod:`bgkit.sample` and :mod:`bgkit.evaluate`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from bgkit import BgkitError
+from bgkit.cli.common import _check_workers, _sample_options, _with_options
+
+if TYPE_CHECKING:
+    from bgkit.proposal import Proposal
+    from bgkit.sample import SampleResult
+    from bgkit.systems import System
+
+
+def _default_out(prefix: str) -> Path:
+    """A new folder name ``PREFIX-YYYYmmdd-HHMMSS`` (``-2``, ``-3``, ... if taken) in the current directory."""
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(f"{prefix}-{stamp}")
+    k = 1
+    while out.exists():
+        k += 1
+        out = Path(f"{prefix}-{stamp}-{k}")
+    return out
+
+
+def _prefix(command: str, system_name: str) -> str:
+    return f"bgkit-{command}-{system_name if '/' not in system_name else 'custom'}"
+
+
+def _sample_out(out: Path | None, force: bool, prefix: str) -> Path:
+    """The --out folder of sample/evaluate (default: a new timestamped one), checked before any work."""
+    from bgkit.outputs import check_output_folder
+
+    return check_output_folder(out or _default_out(prefix), force)
+
+
+def _check_args(n: int, batch_size: int, workers: int | None) -> None:
+    from bgkit.sample import check_sizes
+
+    check_sizes(n, batch_size)
+    _check_workers(workers)
+
+
+def _draw(system: System, model: Path | None, n: int, seed: int, batch_size: int, device: str,
+          workers: int | None) -> tuple[Proposal, SampleResult | None]:
+    """Load the proposal (warning if unfinished) and draw; the result is None on a non-zero torchrun rank."""
+    from bgkit.sample import draw, load_proposal
+
+    proposal = load_proposal(system, model, device=device)
+    note = proposal.unfinished_note()
+    if note:
+        click.echo("warning: " + note, err=True)
+    return proposal, draw(proposal, system, n=n, batch_size=batch_size, seed=seed, n_workers=workers)
+
+
+def _print_summary(result: SampleResult) -> None:
+    from bgkit.sample import low_ess_warning, summary_lines
+
+    summary = result.summary()
+    for line in summary_lines(summary):
+        click.echo(line)
+    warning = low_ess_warning(summary)
+    if warning:
+        click.echo("warning: " + warning, err=True)
+
+
+@click.command()
+@_with_options(_sample_options)
+def sample(system_name, model, n, seed, batch_size, device, workers, out, force) -> None:
+    """Draw samples from a proposal, with log q, energies and importance weights."""
+    from bgkit.sample import write_sample_folder
+    from bgkit.systems import load_system
+
+    _check_args(n, batch_size, workers)
+    out = _sample_out(out, force, _prefix("sample", system_name))
+    system = load_system(system_name)
+    proposal, result = _draw(system, model, n, seed, batch_size, device, workers)
+    if result is None:  # a non-zero rank under torchrun
+        return
+    _print_summary(result)
+    write_sample_folder(result, system, out, force, extra={"model": str(proposal.path), "seed": seed})
+    click.echo(f"wrote {out}/ (samples.h5, weights.npz, summary.json)")
+
+
+@click.command()
+@_with_options(_sample_options)
+@click.option("--data", default=None, help="Reference dataset (default: the system's shipped data); its test split is used.")
+@click.option("--nll-frames", type=int, default=None,
+              help="Test NLL on this many evenly spaced test frames (default: all; for teachers, whose exact "
+                   "likelihood costs one ODE solve with D vector-Jacobian products per step).")
+def evaluate(system_name, model, n, seed, batch_size, device, workers, out, force, data, nll_frames) -> None:
+    """Sample, then compare with the system's MD test split: metrics.json and figures."""
+    from bgkit.evaluate import FIGURES, metrics_lines, write_evaluation
+    from bgkit.md.dataset import load_dataset
+    from bgkit.systems import load_system
+
+    out = _sample_out(out, force, _prefix("evaluate", system_name))  # fail before reading data or sampling
+    system = load_system(system_name)
+    dataset = load_dataset(data or system.folder)
+    if dataset.meta["topology_hash"] != system.topology_hash:
+        raise BgkitError(f"dataset {dataset.folder} belongs to another topology than system '{system_name}'")
+    if nll_frames is not None and nll_frames < 1:
+        raise BgkitError(f"--nll-frames must be >= 1, got {nll_frames}")
+    dataset.xyz  # read (and check) the data now
+    _check_args(n, batch_size, workers)
+    proposal, result = _draw(system, model, n, seed, batch_size, device, workers)
+    if result is None:
+        return
+    _print_summary(result)
+    metrics = write_evaluation(result, proposal, dataset, system, out, force, seed=seed, nll_frames=nll_frames)
+    for line in metrics_lines(metrics):
+        click.echo(line)
+    click.echo(f"wrote {out}/ (metrics.json, {', '.join(FIGURES)}, samples)")

@@ -1,0 +1,139 @@
+"""Training configuration: hyper-parameters, their checks, and the one schedule policy.
+
+:func:`schedule_for` is how the CLI and the benchmarks derive warm-up, validation and checkpoint
+intervals from the number of steps, so every entry point trains with the same policy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from bgkit import BgkitError
+from bgkit.train.objectives import OBJECTIVES
+from bgkit.train.regflow import REGULARISERS
+
+__all__ = ["TrainConfig", "schedule_for", "lr_factor", "RESUME_FIELDS"]
+
+# Fields that must match between a checkpoint and a resumed run.
+RESUME_FIELDS = (
+    "batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_factor", "grad_clip",
+    "ema", "seed", "objective", "reg", "reg_weight", "noise_std", "kl_weight", "kl_batch_size", "kl_energy_cap",
+    "wcfm_kappa", "fdm_cfm_weight", "fdm_cdm_weight",
+)
+
+
+def schedule_for(steps: int) -> dict[str, int]:
+    """Warm-up (10 % of the run, at most 500 steps), validation (10 %, at most every 500 steps) and
+    checkpoint (20 %, at most every 1000 steps) intervals for a run of ``steps`` steps."""
+    return {"steps": steps, "warmup_steps": min(500, steps // 10), "val_every": max(1, min(500, steps // 10)),
+            "ckpt_every": max(1, min(1000, steps // 5))}
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (flow-space units; steps count optimiser updates).
+
+    batch_size is the **global** batch (split over ranks). The learning rate
+    rises linearly over ``warmup_steps`` then follows a cosine down to
+    ``lr * min_lr_factor`` at ``steps``. ``grad_clip``: max global L2 norm of
+    the gradient (None: no clipping). ``ema``: EMA decay, used as
+    min(ema, (1 + t) / (10 + t)) at update t so short runs are not dominated
+    by the initial weights. ``val_every``/``ckpt_every``: in steps (the last
+    step always validates and checkpoints). ``val_batch_size``: chunk size for
+    validation. RegFlow only: ``reg`` ("fb" | "logdet" | None), ``reg_weight``
+    (λ_r), ``noise_std`` (λ_n, target noise). ``"kl"`` only (maximum likelihood on the data plus
+    ``kl_weight`` × the reverse KL to the Boltzmann distribution, :mod:`bgkit.train.kl`):
+    ``kl_batch_size`` flow samples per step (None: ``batch_size``), ``kl_energy_cap`` (kT) above
+    which energies are damped. Flow matching (:mod:`bgkit.train.matching`): ``wcfm_kappa`` (κ of the
+    W-CFM temperature ε = κ√D), ``fdm_cfm_weight`` and ``fdm_cdm_weight`` (λ1, λ2 of FDM). ``device``: None picks
+    cuda:LOCAL_RANK when CUDA is available, else cpu. ``max_seconds``: optional
+    wall-clock budget (s, counted over resumes); training stops at the first
+    step past it, validates and writes a final checkpoint.
+    """
+
+    steps: int = 20_000
+    batch_size: int = 512
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 500
+    min_lr_factor: float = 0.01
+    grad_clip: float | None = 1.0
+    ema: float = 0.999
+    val_every: int = 500
+    ckpt_every: int = 1000
+    val_batch_size: int = 4096
+    seed: int = 0
+    objective: str = "regflow"
+    reg: str | None = "fb"
+    reg_weight: float = 1e-6
+    noise_std: float = 0.0
+    kl_weight: float = 1.0
+    kl_batch_size: int | None = None
+    kl_energy_cap: float = 1000.0
+    wcfm_kappa: float = 1.0
+    fdm_cfm_weight: float = 1.0
+    fdm_cdm_weight: float = 0.01
+    device: str | None = None
+    max_seconds: float | None = None
+
+    def validate(self) -> None:
+        """Raise BgkitError naming the first invalid field."""
+        checks: list[tuple[str, Callable[[], bool]]] = [
+            ("steps", lambda: self.steps >= 1),
+            ("batch_size", lambda: self.batch_size >= 1),
+            ("lr", lambda: self.lr > 0),
+            ("weight_decay", lambda: self.weight_decay >= 0),
+            ("betas", lambda: len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
+            ("warmup_steps", lambda: self.warmup_steps >= 0),
+            ("min_lr_factor", lambda: 0 <= self.min_lr_factor <= 1),
+            ("grad_clip", lambda: self.grad_clip is None or self.grad_clip > 0),
+            ("ema", lambda: 0 <= self.ema < 1),
+            ("val_every", lambda: self.val_every >= 1),
+            ("ckpt_every", lambda: self.ckpt_every >= 1),
+            ("val_batch_size", lambda: self.val_batch_size >= 1),
+            ("seed", lambda: self.seed >= 0),
+            ("objective", lambda: self.objective in OBJECTIVES),
+            ("reg", lambda: self.reg in REGULARISERS),
+            ("reg_weight", lambda: self.reg_weight >= 0),
+            ("noise_std", lambda: self.noise_std >= 0),
+            ("kl_weight", lambda: self.kl_weight >= 0),
+            ("kl_batch_size", lambda: self.kl_batch_size is None or self.kl_batch_size >= 2),
+            ("kl_energy_cap", lambda: self.kl_energy_cap > 0),
+            ("wcfm_kappa", lambda: self.wcfm_kappa > 0),
+            ("fdm_cfm_weight", lambda: self.fdm_cfm_weight >= 0),
+            ("fdm_cdm_weight", lambda: self.fdm_cdm_weight >= 0),
+            ("max_seconds", lambda: self.max_seconds is None or self.max_seconds > 0),
+        ]
+        for name, check in checks:
+            try:
+                ok = bool(check())
+            except TypeError:
+                ok = False
+            if not ok:
+                raise BgkitError(f"invalid training config: {name}={getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict (e.g. ``checkpoint["config"]``); unknown keys → BgkitError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BgkitError(f"unknown training config field(s): {', '.join(unknown)}")
+        values = dict(values)
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+
+def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """Learning-rate multiplier at a step: linear warm-up, then cosine down to ``min_lr_factor``."""
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_factor + (1.0 - cfg.min_lr_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,104 @@
+"""The registry of training objectives: what each one trains, on which data, in which units.
+
+The training loop, the CLI choices and the checkpoint metadata all read :data:`OBJECTIVES`; adding
+an objective means adding one entry here. Every ``loss`` has the signature
+
+    loss(model, batch, config, *, generator=None, train=True, target=None) -> (scalar loss, stats)
+
+``batch`` is ``(x0, x1)`` for pair objectives and ``(x,)`` for frame objectives (flow space, [B, D]);
+``train=False`` is validation (no target noise, no energy term); ``generator`` draws the objective's
+own randomness (prior draws, times, probes), fixed during validation so its loss is deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from bgkit.train.matching import flow_matching_loss
+from bgkit.train.mle import mle_loss
+from bgkit.train.regflow import regflow_loss
+
+__all__ = ["Objective", "OBJECTIVES", "FLOW_OBJECTIVES", "TEACHER_OBJECTIVES", "get_objective"]
+
+Loss = Callable[..., tuple[Tensor, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One training objective.
+
+    name: CLI/config name. summary: one line for ``--help``. pairs: trains on (x0, x1) pairs (else frames).
+    model: "flow" (coupling flows, TarFlow) or "cnf" (continuous flows, trained by flow matching).
+    energy: needs the system's energy during training. units: of the reported loss. loss: see module doc.
+    """
+
+    name: str
+    summary: str
+    pairs: bool
+    model: str
+    units: str
+    loss: Loss
+    energy: bool = False
+
+
+def _regflow(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: torch.Generator | None = None,
+             train: bool = True, target: Any = None) -> tuple[Tensor, dict[str, float]]:
+    return regflow_loss(model, batch[0], batch[1], noise_std=cfg.noise_std if train else 0.0, reg=cfg.reg,
+                        reg_weight=cfg.reg_weight, generator=generator)
+
+
+def _mle(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: torch.Generator | None = None,
+         train: bool = True, target: Any = None) -> tuple[Tensor, dict[str, float]]:
+    return mle_loss(model, batch[0])
+
+
+def _kl(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: torch.Generator | None = None,
+        train: bool = True, target: Any = None) -> tuple[Tensor, dict[str, float]]:
+    loss, stats = mle_loss(model, batch[0])
+    if train and cfg.kl_weight > 0:
+        kl, kl_stats = target.kl_loss(model, cfg.kl_batch_size or batch[0].shape[0])
+        loss = loss + cfg.kl_weight * kl
+        stats = {**stats, **kl_stats, "loss": float(loss.detach())}
+    return loss, stats
+
+
+def _matching(kind: str) -> Loss:
+    def loss(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: torch.Generator | None = None,
+             train: bool = True, target: Any = None) -> tuple[Tensor, dict[str, float]]:
+        return flow_matching_loss(model, batch[0], kind, wcfm_kappa=cfg.wcfm_kappa,
+                                  fdm_weights=(cfg.fdm_cfm_weight, cfg.fdm_cdm_weight), generator=generator)
+
+    return loss
+
+
+_FM_UNITS = "squared velocity error summed over dims, flow-space units^2 per unit time^2"
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("regflow", "RegFlow: l2 regression of the flow onto fixed (prior, target) pairs (--targets)", True,
+              "flow", "squared error summed over dims, flow-space units^2 (+ reg_weight * regulariser)", _regflow),
+    Objective("mle", "maximum likelihood on the training frames", False, "flow",
+              "nats per sample (negative log-likelihood summed over dims, flow space)", _mle),
+    Objective("kl", "maximum likelihood + kl_weight x reverse KL to the Boltzmann distribution (energies and forces "
+              "each step)", False, "flow",
+              "nats per sample: NLL of the data (flow space) + kl_weight * mean(u/kT + log q) of flow samples "
+              "(nm density); validation: the NLL alone", _kl, energy=True),
+    Objective("cfm", "conditional flow matching, independent pairs", False, "cnf", _FM_UNITS, _matching("cfm")),
+    Objective("otcfm", "flow matching on minibatch exact-OT pairs", False, "cnf", _FM_UNITS, _matching("otcfm")),
+    Objective("wcfm", "flow matching, independent pairs weighted by exp(-|x1 - x0| / (kappa sqrt(D)))", False, "cnf",
+              _FM_UNITS, _matching("wcfm")),
+    Objective("fdm", "flow-divergence matching: CFM + weighted conditional continuity residual (Hutchinson)", False,
+              "cnf", _FM_UNITS, _matching("fdm")),
+)}
+FLOW_OBJECTIVES = tuple(name for name, o in OBJECTIVES.items() if o.model == "flow")
+TEACHER_OBJECTIVES = tuple(name for name, o in OBJECTIVES.items() if o.model == "cnf")
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective ``name``; BgkitError naming the choices otherwise."""
+    from bgkit import BgkitError  # noqa: PLC0415
+
+    if name not in OBJECTIVES:
+        raise BgkitError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]

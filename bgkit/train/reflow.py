@@ -1,0 +1,271 @@
+"""Reflow targets: pairs (x0, x1 = teacher(x0)) from a trained teacher flow, written in chunks.
+
+RegFlow (Rehman et al., arXiv 2506.01158) regresses a flow onto the deterministic map of a
+continuous normalizing flow: x1 = x0 + ∫₀¹ v_t(x_t) dt, x0 from the prior. Unlike finite-sample
+OT pairs this map is smooth and invertible, and pairs cost only ODE solves, so millions are
+affordable (docs/methods.md).
+
+A targets folder holds
+
+* ``reflow.json``: the manifest — teacher file and its SHA-256, system, coordinate representation,
+  seed, chunk size, number of chunks, ODE method and steps, batch size, provenance;
+* ``chunk_000000.npy`` …: float32 arrays [2, chunk_size, D] (x0 then x1, flow space), one per chunk;
+* ``val.npy``: [2, n_val, D] held-out pairs for validation.
+
+Chunk k is a pure function of (teacher, seed, k): its prior draws come from a generator seeded with
+(seed, k + 1) and are integrated in batches of fixed size, so a run killed at any point and started
+again with the same arguments computes only the missing chunks and yields exactly the pairs of an
+uninterrupted run (every chunk file is written atomically). ``workers`` processes share the chunks.
+:class:`ReflowPairs` streams the chunks by memory-mapping them (training never loads all pairs).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bgkit import BgkitError
+
+__all__ = ["make_reflow_targets", "open_reflow", "ReflowPairs", "ReflowTargets", "MANIFEST"]
+
+MANIFEST = "reflow.json"
+_FORMAT = "bgkit-reflow-targets/1"
+#: manifest fields that must agree before a folder is extended or resumed
+_IDENTITY = ("teacher_sha256", "seed", "chunk_size", "n_val", "method", "steps", "batch_size", "dim")
+
+
+def _chunk_name(k: int) -> str:
+    return f"chunk_{k:06d}.npy"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _generator(seed: int, key: int) -> torch.Generator:
+    state = int(np.random.SeedSequence([seed, key]).generate_state(1, dtype=np.uint64)[0] % (2**63))
+    return torch.Generator().manual_seed(state)
+
+
+@torch.no_grad()
+def teacher_pairs(flow: torch.nn.Module, n: int, seed: int, key: int, batch_size: int, method: str,
+                  steps: int) -> np.ndarray:
+    """[2, n, D] float32: prior draws (generator (seed, key)) and their images under the teacher flow.
+
+    A CNF is integrated with ``method`` and ``steps`` (no divergence); another flow applies ``forward``.
+    """
+    x0 = flow.prior_sample(n, _generator(seed, key), dtype=torch.float32)
+    out = np.empty((2, n, flow.dim), dtype=np.float32)
+    out[0] = x0.numpy()
+    for start in range(0, n, batch_size):
+        z = x0[start:start + batch_size]
+        if getattr(flow, "arch", "") == "cnf":
+            x1, _ = flow.integrate(z, 0.0, 1.0, logdet=False, method=method, steps=steps)
+        else:
+            x1, _ = flow(z)
+        out[1, start:start + batch_size] = x1.numpy()
+    if not np.isfinite(out).all():
+        raise BgkitError(f"the teacher produced non-finite pairs in chunk {key - 1}: integrate with more --steps")
+    return out
+
+
+# ---------------------------------------------------------------- generation (one process or several)
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(teacher: str, threads: int) -> None:
+    from bgkit.proposal import Proposal  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    _WORKER["flow"] = Proposal.load(teacher).flow.float()
+
+
+def _write_chunk(folder: str, manifest: dict[str, Any], key: int, name: str, n: int) -> str:
+    from bgkit.provenance import atomic_write  # noqa: PLC0415
+
+    arr = teacher_pairs(_WORKER["flow"], n, manifest["seed"], key, manifest["batch_size"], manifest["method"],
+                        manifest["steps"])
+    atomic_write(Path(folder) / name, lambda fh: np.save(fh, arr))
+    return name
+
+
+def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size: int = 10_000, seed: int = 0,
+                        method: str = "rk4", steps: int = 20, batch_size: int = 2000, n_val: int = 2000,
+                        workers: int = 1, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Generate (or finish, or extend) the reflow targets folder ``out``; returns its manifest.
+
+    ``n`` pairs are rounded up to whole chunks of ``chunk_size``. An existing folder made with the same
+    teacher and settings is completed (missing chunks only; a larger ``n`` adds chunks); different
+    settings are an error unless ``force``, which replaces a folder bgkit wrote.
+    """
+    from bgkit.outputs import check_output_folder, foreign_content, write_marker  # noqa: PLC0415
+    from bgkit.proposal import Proposal  # noqa: PLC0415
+    from bgkit.provenance import atomic_write_json, provenance  # noqa: PLC0415
+
+    for name, value, low in (("n", n, 1), ("chunk_size", chunk_size, 1), ("steps", steps, 1),
+                             ("batch_size", batch_size, 1), ("n_val", n_val, 1), ("workers", workers, 1),
+                             ("seed", seed, 0)):
+        if int(value) < low:
+            raise BgkitError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    teacher = Path(teacher)
+    proposal = Proposal.load(teacher)
+    flow = proposal.flow
+    out = Path(out)
+    n_chunks = math.ceil(n / chunk_size)
+    manifest = {
+        "format": _FORMAT, "kind": "reflow", "teacher": str(teacher), "teacher_sha256": _sha256(teacher),
+        "teacher_arch": flow.arch, "teacher_finished": proposal.finished, "teacher_objective": proposal.info.get("training", {}).get("objective"),
+        "system": proposal.system_info, "transform": proposal.transform.state_dict(),
+        "coords": proposal.transform.kind, "dim": flow.dim, "periodic": list(flow.periodic), "seed": int(seed),
+        "chunk_size": int(chunk_size), "n_chunks": n_chunks, "n": n_chunks * int(chunk_size), "n_val": int(n_val),
+        "method": method if flow.arch == "cnf" else "flow forward", "steps": int(steps) if flow.arch == "cnf" else 0,
+        "batch_size": int(batch_size), "dtype": "float32",
+        "layout": "chunk_KKKKKK.npy and val.npy: float32 [2, rows, D], x0 (prior draw) then x1 (teacher image)",
+    }
+    old = _read_manifest(out) if (out / MANIFEST).is_file() and out.is_dir() else None
+    resuming = old is not None and not force and not _differences(old, manifest)
+    if resuming:
+        problem = foreign_content(out)
+        if problem is not None:
+            raise BgkitError(f"{out} was not written by bgkit alone ({problem}): not adding to it")
+    else:
+        if old is not None and not force:
+            raise BgkitError(f"{out} holds reflow targets made with other settings ({_differences(old, manifest)}): "
+                             "choose another --out or pass --force to replace them")
+        check_output_folder(out, force)
+        if out.exists():
+            import shutil  # noqa: PLC0415
+
+            shutil.rmtree(out)
+        old = None
+    out.mkdir(parents=True, exist_ok=True)
+    if old is not None:
+        n_chunks = max(n_chunks, int(old["n_chunks"]))
+        manifest.update(n_chunks=n_chunks, n=n_chunks * int(chunk_size), created=old.get("created"))
+    else:
+        manifest["created"] = provenance(seed=seed)
+    manifest["last_run"] = provenance(seed=seed)
+    names = [_chunk_name(k) for k in range(n_chunks)]
+    write_marker(out, "reflow-targets", [MANIFEST, "val.npy", *names])
+    atomic_write_json(manifest, out / MANIFEST)
+
+    todo = [("val.npy", 0, n_val)] if not (out / "val.npy").is_file() else []
+    todo += [(name, k + 1, chunk_size) for k, name in enumerate(names) if not (out / name).is_file()]
+    _run(str(teacher), str(out), manifest, todo, workers, progress)
+    return manifest
+
+
+def _run(teacher: str, out: str, manifest: dict[str, Any], todo: list[tuple[str, int, int]], workers: int,
+         progress: bool) -> None:
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=len(todo), desc="reflow chunks", unit="chunk", dynamic_ncols=True)
+    try:
+        if workers == 1:
+            _init_worker(teacher, torch.get_num_threads())
+            for name, key, rows in todo:
+                _write_chunk(out, manifest, key, name, rows)
+                if bar is not None:
+                    bar.update(1)
+            return
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(teacher, max(1, (os.cpu_count() or 1) // workers))) as pool:
+            futures = [pool.submit(_write_chunk, out, manifest, key, name, rows) for name, key, rows in todo]
+            for future in cf.as_completed(futures):
+                future.result()
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise BgkitError(f"cannot read {folder / MANIFEST}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+        raise BgkitError(f"{folder} is not a bgkit reflow targets folder ({MANIFEST} has another format)")
+    return manifest
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in _IDENTITY if old.get(k) != new.get(k)]
+    return ", ".join(diffs)
+
+
+# ---------------------------------------------------------------- reading (streamed)
+class ReflowPairs:
+    """The training pairs of a reflow folder, memory-mapped: ``n``, ``dim``, ``take(idx) -> (x0, x1)``."""
+
+    pairs = True
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        self.chunk_size = int(manifest["chunk_size"])
+        self.dim = int(manifest["dim"])
+        self.chunks = [np.load(folder / _chunk_name(k), mmap_mode="r") for k in range(int(manifest["n_chunks"]))]
+        for k, arr in enumerate(self.chunks):
+            if arr.shape != (2, self.chunk_size, self.dim):
+                raise BgkitError(f"{folder / _chunk_name(k)} has shape {arr.shape}, expected "
+                                 f"{(2, self.chunk_size, self.dim)}: the folder is damaged; remove that file and "
+                                 "rerun `bgkit targets reflow` to remake it")
+        self.n = self.chunk_size * len(self.chunks)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def take(self, idx: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+        """Pairs at global row indices idx [b] -> (x0 [b, D], x1 [b, D]) float32 tensors, in idx order."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((2, len(idx), self.dim), dtype=np.float32)
+        chunk, row = np.divmod(idx, self.chunk_size)
+        for k in np.unique(chunk):
+            sel = np.flatnonzero(chunk == k)
+            out[:, sel] = self.chunks[k][:, row[sel]]
+        return torch.from_numpy(out[0]), torch.from_numpy(out[1])
+
+
+class ReflowTargets:
+    """A complete reflow folder: ``train`` (:class:`ReflowPairs`), ``val`` ((x0, x1) arrays), ``provenance``."""
+
+    kind = "reflow"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.provenance = _read_manifest(folder)
+        missing = [_chunk_name(k) for k in range(int(self.provenance["n_chunks"]))
+                   if not (folder / _chunk_name(k)).is_file()]
+        if missing or not (folder / "val.npy").is_file():
+            raise BgkitError(f"reflow targets {folder} are incomplete ({len(missing)} of "
+                             f"{self.provenance['n_chunks']} chunks missing"
+                             + ("" if (folder / "val.npy").is_file() else ", val.npy missing")
+                             + "): rerun the `bgkit targets reflow` command that made them to finish")
+        self.train = ReflowPairs(folder, self.provenance)
+        val = np.load(folder / "val.npy")
+        self.val = (val[0], val[1])
+
+
+def open_reflow(folder: str | Path) -> ReflowTargets:
+    """Open a reflow targets folder for training (BgkitError if it is not one, or incomplete)."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise BgkitError(f"{folder} is not a reflow targets folder (no {MANIFEST}): make one with "
+                         "`bgkit targets reflow`")
+    return ReflowTargets(folder)
