@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bgkit import BgkitError
-from bgkit.systems import System, _one_line
+from bgkit.systems import System, one_line_error
 
 CAPS = ("ACE", "NME")
 #: residues whose side chain the builder places (CB); others get theirs from PDBFixer
@@ -129,7 +129,7 @@ def build_peptide(system: System, minimize: bool = True) -> str:
         try:
             omm_system = forcefield.createSystem(topology, **kwargs)
         except Exception as exc:
-            raise BgkitError(f"system '{system.name}': force field does not match the built peptide: {_one_line(exc)}") from None
+            raise BgkitError(f"system '{system.name}': force field does not match the built peptide: {one_line_error(exc)}") from None
         context = Context(omm_system, VerletIntegrator(0.001), Platform.getPlatformByName("Reference"))
         context.setPositions(positions)
         LocalEnergyMinimizer.minimize(context, 1e-3, 0)

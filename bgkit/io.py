@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from bgkit import BgkitError
-from bgkit.systems import System, _one_line, pdb_problem
+from bgkit.systems import System, one_line_error, pdb_problem
 
 #: formats that carry their own topology (no --top needed)
 _SELF_DESCRIBING = {".h5", ".pdb", ".pdb.gz", ".mol2", ".gro", ".cif", ".pdbx"}
@@ -61,7 +61,7 @@ def _check_readable(path: Path, suffix: str, system: System) -> None:
 
 def _reader_error(exc: BaseException) -> str:
     """A reader's exception as one line; bare index errors say that the file is malformed."""
-    text = _one_line(exc)
+    text = one_line_error(exc)
     if isinstance(exc, (IndexError, KeyError, EOFError)):
         return f"malformed or truncated file ({type(exc).__name__}: {text})"
     return text

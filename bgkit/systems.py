@@ -23,7 +23,6 @@ accepts a shipped name or the path of such a folder.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -190,7 +189,7 @@ class System:
         try:
             return app.PDBFile(str(path))
         except Exception as exc:  # OpenMM raises bare Exceptions for bad PDBs
-            raise BgkitError(f"system '{self.name}': unreadable PDB {path}: {_one_line(exc)}") from None
+            raise BgkitError(f"system '{self.name}': unreadable PDB {path}: {one_line_error(exc)}") from None
 
     @property
     def openmm_topology(self):
@@ -237,9 +236,9 @@ class System:
         try:
             return app.ForceField(*files)
         except ValueError as exc:  # "Could not locate file ..."
-            raise BgkitError(f"system '{self.name}': unknown force-field file: {_one_line(exc)}") from None
+            raise BgkitError(f"system '{self.name}': unknown force-field file: {one_line_error(exc)}") from None
         except Exception as exc:
-            raise BgkitError(f"system '{self.name}': cannot read force field {files}: {_one_line(exc)}") from None
+            raise BgkitError(f"system '{self.name}': cannot read force field {files}: {one_line_error(exc)}") from None
 
     def openmm_system(self):
         """A fresh ``openmm.System`` built from the force field and topology."""
@@ -258,7 +257,7 @@ class System:
         except BgkitError:
             raise
         except Exception as exc:
-            raise BgkitError(f"system '{self.name}': force field does not match topology: {_one_line(exc)}") from None
+            raise BgkitError(f"system '{self.name}': force field does not match topology: {one_line_error(exc)}") from None
 
     @cached_property
     def system_xml(self) -> str:
@@ -344,7 +343,7 @@ def load_system(name_or_path: str | os.PathLike | System) -> System:
     raise BgkitError(f"unknown system '{text}': not a shipped system ({choices}) nor a folder with a system.yaml")
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line_error(exc: BaseException) -> str:
     """An exception as one line of at most 300 characters; an HDF5 back trace as its innermost cause."""
     text = str(exc)
     if "HDF5 error back trace" in text:

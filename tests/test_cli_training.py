@@ -11,6 +11,8 @@ import pytest
 
 from _cli_helpers import assert_one_line_error, bgkit
 
+pytestmark = pytest.mark.slow  # each test runs several bgkit processes (~1 min in all)
+
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):

@@ -148,7 +148,7 @@ def test_ode_likelihood_of_a_linear_field_is_analytic(divergence) -> None:
 
 
 def test_cnf_is_invertible_and_its_logdet_is_the_jacobian() -> None:
-    cnf = _random_cnf(dim=4, periodic=(3,), atol=1e-9, rtol=1e-9)
+    cnf = _random_cnf(dim=4, periodic=(3,), atol=1e-8, rtol=1e-8)
     z = cnf.prior_sample(6, torch.Generator().manual_seed(3), dtype=torch.float64)
     with torch.no_grad():
         x, logdet = cnf(z)
@@ -157,7 +157,7 @@ def test_cnf_is_invertible_and_its_logdet_is_the_jacobian() -> None:
     diff[:, 3] = torch.remainder(diff[:, 3] + math.pi, 2 * math.pi) - math.pi
     assert diff.abs().max() < 1e-7 and (logdet + logdet_inv).abs().max() < 1e-7
     assert (x[:, 3].abs() <= math.pi).all()
-    for i in range(3):
+    for i in range(2):
         jac = torch.autograd.functional.jacobian(lambda zz: cnf(zz[None])[0][0], z[i])
         assert torch.logdet(jac).item() == pytest.approx(logdet[i].item(), abs=1e-6)
 
@@ -194,6 +194,7 @@ def _pairs(folder):
     return np.concatenate([c for c in t.train.chunks], axis=1), t.val
 
 
+@pytest.mark.slow
 def test_reflow_killed_and_resumed_equals_uninterrupted(teacher, tmp_path) -> None:
     """SIGKILL during generation, then the same command: the same pairs, byte for byte, none lost or repeated."""
     import subprocess
@@ -225,6 +226,7 @@ def test_reflow_killed_and_resumed_equals_uninterrupted(teacher, tmp_path) -> No
     assert np.array_equal(_pairs(out)[0], a)
 
 
+@pytest.mark.slow
 def test_reflow_shards_and_extends(teacher, tmp_path) -> None:
     from bgkit.train.reflow import make_reflow_targets
 
@@ -249,6 +251,7 @@ def test_reflow_pairs_stream_the_rows_asked_for(teacher, tmp_path) -> None:
     assert np.array_equal(x0.numpy(), full[0, idx.numpy()]) and np.array_equal(x1.numpy(), full[1, idx.numpy()])
 
 
+@pytest.mark.slow
 def test_train_regflow_on_reflow_targets_and_cli_errors(teacher, tmp_path) -> None:
     rf = tmp_path / "rf"
     made = bgkit("targets", "reflow", "--teacher", teacher, "--n", 1024, "--chunk-size", 512, "--n-val", 128,

@@ -8,6 +8,8 @@ import click
 
 from bgkit import BgkitError
 from bgkit.cli.common import _COORDS, _SYSTEM_HELP, _Group, _train_options, _with_options
+from bgkit.flows import FLOW_ARCHITECTURES
+from bgkit.train.objectives import REGULARISERS
 
 
 @click.group(cls=_Group)
@@ -113,7 +115,7 @@ def _choices(kind: str) -> list[str]:
 
 
 @click.command()
-@click.option("--arch", type=click.Choice(["realnvp", "nsf", "tarflow"]), required=True, help="Flow architecture.")
+@click.option("--arch", type=click.Choice(list(FLOW_ARCHITECTURES)), required=True, help="Flow architecture.")
 @click.option("--objective", type=click.Choice(_choices("flow")), required=True, help=_objective_help(_choices("flow")))
 @click.option("--targets", "targets_path", default=None,
               help="RegFlow: an OT targets file (`bgkit targets ot`) or a reflow targets folder (`bgkit targets reflow`).")
@@ -124,7 +126,7 @@ def _choices(kind: str) -> list[str]:
 @click.option("--kl-weight", type=float, default=1.0, show_default=True, help="kl: weight of the reverse-KL term.")
 @click.option("--energy-workers", type=int, default=1, show_default=True,
               help="kl: OpenMM worker processes for the energies and forces of flow samples.")
-@click.option("--reg", type=click.Choice(["fb", "logdet", "none"]), default="fb", show_default=True,
+@click.option("--reg", type=click.Choice([r or "none" for r in REGULARISERS]), default="fb", show_default=True,
               help="RegFlow regulariser: forward-backward inverse consistency (fb), squared log-det (logdet) or none.")
 @click.option("--reg-weight", type=float, default=1e-6, show_default=True, help="Weight of the --reg term.")
 @click.option("--noise", type=float, default=0.0, show_default=True, help="RegFlow target noise std (flow units).")

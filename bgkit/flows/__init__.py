@@ -11,25 +11,44 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import importlib
+from typing import TYPE_CHECKING
+
 from bgkit import BgkitError
 
-from .base import Flow, ResidualMLP, std_normal_log_prob
-from .cnf import CNF
-from .coupling import NSF, ResNVP
-from .tarflow import TarFlow
+if TYPE_CHECKING:
+    from .base import Flow
 
-ARCHITECTURES: dict[str, type[Flow]] = {"realnvp": ResNVP, "nsf": NSF, "tarflow": TarFlow, "cnf": CNF}
+#: architecture name -> (module of bgkit.flows, class); classes are imported on first use (torch is heavy)
+ARCHITECTURES: dict[str, tuple[str, str]] = {"realnvp": ("coupling", "ResNVP"), "nsf": ("coupling", "NSF"),
+                                             "tarflow": ("tarflow", "TarFlow"), "cnf": ("cnf", "CNF")}
+#: architectures trained as classical flows (regflow, mle, kl); "cnf" is trained by flow matching
+FLOW_ARCHITECTURES = ("realnvp", "nsf", "tarflow")
+_LAZY = {"Flow": "base", "ResidualMLP": "base", "std_normal_log_prob": "base", "NSF": "coupling",
+         "ResNVP": "coupling", "TarFlow": "tarflow", "CNF": "cnf"}
 
 
-def build_flow(arch: str, dim: int, **hparams: Any) -> Flow:
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def architecture(arch: str) -> type:
+    """The flow class of architecture ``arch``."""
+    if arch not in ARCHITECTURES:
+        raise BgkitError(f"unknown flow architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    module, cls = ARCHITECTURES[arch]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def build_flow(arch: str, dim: int, **hparams: Any) -> "Flow":
     """Build a flow of architecture `arch` ("realnvp", "nsf", "tarflow", "cnf") on R^dim.
 
     `hparams` are the class's keyword arguments (see each class); unknown names
     or invalid values raise `BgkitError`.
     """
-    if arch not in ARCHITECTURES:
-        raise BgkitError(f"unknown flow architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    cls = ARCHITECTURES[arch]
+    cls = architecture(arch)
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "dim")]
     unknown = sorted(set(hparams) - set(allowed))
     if unknown:
@@ -40,5 +59,5 @@ def build_flow(arch: str, dim: int, **hparams: Any) -> Flow:
         raise BgkitError(f"invalid {arch!r} flow: {err}") from err
 
 
-__all__ = ["ARCHITECTURES", "CNF", "Flow", "NSF", "ResNVP", "ResidualMLP", "TarFlow", "build_flow",
+__all__ = ["ARCHITECTURES", "FLOW_ARCHITECTURES", "architecture", "CNF", "Flow", "NSF", "ResNVP", "ResidualMLP", "TarFlow", "build_flow",
            "std_normal_log_prob"]

@@ -13,17 +13,22 @@
 """
 from __future__ import annotations
 
-from bgkit.checkpoint import load_checkpoint
-from bgkit.train.config import TrainConfig, schedule_for
-from bgkit.train.loop import TrainResult, train
-from bgkit.train.matching import flow_matching_loss
-from bgkit.train.objectives import OBJECTIVES
-from bgkit.train.mle import mle_loss
-from bgkit.train.regflow import regflow_loss
-from bgkit.train.targets import Targets, load_targets, ot_assignment, ot_pairs, save_targets
+import importlib
+from typing import Any
 
-__all__ = [
-    "TrainConfig", "TrainResult", "train", "load_checkpoint", "schedule_for", "OBJECTIVES",
-    "mle_loss", "regflow_loss", "flow_matching_loss",
-    "Targets", "ot_assignment", "ot_pairs", "save_targets", "load_targets",
-]
+#: public name -> module of bgkit.train (imported on first use: torch is heavy, and the CLI lists choices cheaply)
+_LAZY = {"load_checkpoint": "bgkit.checkpoint", "TrainConfig": "bgkit.train.config", "schedule_for": "bgkit.train.config",
+         "TrainResult": "bgkit.train.loop", "train": "bgkit.train.loop", "flow_matching_loss": "bgkit.train.matching",
+         "OBJECTIVES": "bgkit.train.objectives", "mle_loss": "bgkit.train.mle", "regflow_loss": "bgkit.train.regflow",
+         "Targets": "bgkit.train.targets", "load_targets": "bgkit.train.targets",
+         "ot_assignment": "bgkit.train.targets", "ot_pairs": "bgkit.train.targets",
+         "save_targets": "bgkit.train.targets"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

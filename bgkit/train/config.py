@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from bgkit import BgkitError
-from bgkit.train.objectives import OBJECTIVES
-from bgkit.train.regflow import REGULARISERS
+from bgkit.train.objectives import OBJECTIVES, REGULARISERS
 
 __all__ = ["TrainConfig", "schedule_for", "lr_factor", "RESUME_FIELDS"]
 

@@ -37,7 +37,8 @@ from bgkit.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpo
 from bgkit.provenance import atomic_save, provenance
 from bgkit.train.config import RESUME_FIELDS, TrainConfig, lr_factor
 from bgkit.train.distributed import Dist, setup_dist
-from bgkit.train.objectives import Objective, get_objective
+from bgkit.train.objectives import get_objective
+from bgkit.train.rows import BatchOrder, prepare_rows
 from bgkit.train.state import EMA, get_rng, seed_all, set_rng
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
@@ -71,70 +72,6 @@ class _Objective(nn.Module):
 
     def forward(self, *batch: Tensor) -> tuple[Tensor, dict[str, float]]:
         return self.objective.loss(self.flow, batch, self.config, target=self.target)
-
-
-class _Source:
-    """Training or validation rows held in memory: ``n``, ``dim``, ``take(idx) -> tuple of [b, D] tensors``."""
-
-    def __init__(self, tensors: tuple[Tensor, ...]) -> None:
-        self.tensors = tensors
-        self.n, self.dim = tensors[0].shape
-
-    def take(self, idx: Tensor) -> tuple[Tensor, ...]:
-        return tuple(t[idx] for t in self.tensors)
-
-
-class _BatchOrder:
-    """Global batch b of epoch e = permutation(seed, e)[b·B:(b+1)·B]; rank r takes its slice."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.local = batch_size // world
-        self.rank = rank
-        self.steps_per_epoch = n // batch_size
-        self._epoch = -1
-        self._perm = np.empty(0, dtype=np.int64)
-
-    def indices(self, step: int) -> Tensor:
-        epoch, b = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            self._epoch = epoch
-        start = b * self.batch_size + self.rank * self.local
-        return torch.from_numpy(self._perm[start : start + self.local])
-
-
-def _prepare(data: Any, objective: Objective, dtype: torch.dtype, what: str) -> Any:
-    """Turn user data into a checked source of rows: ``n``, ``dim``, ``take(idx)``.
-
-    In-memory arrays become CPU tensors; an object with ``take``/``n``/``dim``/``pairs`` (e.g. the
-    chunked reflow targets of :mod:`bgkit.train.reflow`) is streamed as it is.
-    """
-    if hasattr(data, "take") and not isinstance(data, (Tensor, np.ndarray)):
-        if bool(getattr(data, "pairs", False)) != objective.pairs:
-            raise BgkitError(f"{what} for {objective.name} must be " + ("pairs (x0, x1)" if objective.pairs else "frames"))
-        return data
-    if objective.pairs:
-        if hasattr(data, "x0") and hasattr(data, "x1"):
-            data = (data.x0, data.x1)
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise BgkitError(f"{what} for {objective.name} must be a pair (x0, x1) of [n, D] arrays")
-        tensors = tuple(torch.as_tensor(np.asarray(d) if not isinstance(d, Tensor) else d).to("cpu", dtype) for d in data)
-        if tensors[0].shape != tensors[1].shape:
-            raise BgkitError(f"{what}: x0 {tuple(tensors[0].shape)} and x1 {tuple(tensors[1].shape)} differ in shape")
-    else:
-        if isinstance(data, (tuple, list)) and len(data) == 1:
-            data = data[0]
-        if isinstance(data, (tuple, list)):
-            raise BgkitError(f"{what} for {objective.name} must be one [n, D] array of frames")
-        tensors = (torch.as_tensor(np.asarray(data) if not isinstance(data, Tensor) else data).to("cpu", dtype),)
-    t = tensors[0]
-    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
-        raise BgkitError(f"{what} must have shape [n, D] with n, D > 0, got {tuple(t.shape)}")
-    for x in tensors:
-        if not torch.isfinite(x).all():
-            raise BgkitError(f"{what} contains NaN or inf values")
-    return _Source(tensors)
 
 
 # --------------------------------------------------------------------------- training
@@ -208,8 +145,8 @@ def _train(
         raise BgkitError("the flow has no trainable parameters")
     dtype = params[0].dtype
     objective_spec = get_objective(cfg.objective)
-    data = _prepare(train_data, objective_spec, dtype, "training data")
-    val = _prepare(val_data, objective_spec, dtype, "validation data") if val_data is not None else None
+    data = prepare_rows(train_data, objective_spec, dtype, "training data")
+    val = prepare_rows(val_data, objective_spec, dtype, "validation data") if val_data is not None else None
     n, dim = data.n, data.dim
     if val is not None and val.dim != dim:
         raise BgkitError(f"validation data have {val.dim} dims, training data {dim}")
@@ -253,7 +190,7 @@ def _train(
         from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
 
         objective = DistributedDataParallel(objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    order = _BatchOrder(n, cfg.batch_size, cfg.seed, ctx.rank, ctx.world)
+    order = BatchOrder(n, cfg.batch_size, cfg.seed, ctx.rank, ctx.world)
     bar = _progress_bar(cfg.steps, start_step, progress and ctx.rank == 0)
     last_val: float | None = history[-1].get("val_loss") if history else None
     metrics: dict[str, Any] = {}

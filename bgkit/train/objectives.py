@@ -12,18 +12,17 @@ own randomness (prior draws, times, probes), fixed during validation so its loss
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch import Tensor, nn
+from bgkit.train.regflow import REGULARISERS, regflow_loss
 
-from bgkit.train.matching import flow_matching_loss
-from bgkit.train.mle import mle_loss
-from bgkit.train.regflow import regflow_loss
+if TYPE_CHECKING:  # the losses import torch when first called: listing the registry stays cheap
+    import torch
+    from torch import Tensor, nn
 
-__all__ = ["Objective", "OBJECTIVES", "FLOW_OBJECTIVES", "TEACHER_OBJECTIVES", "get_objective"]
+__all__ = ["REGULARISERS", "Objective", "OBJECTIVES", "FLOW_OBJECTIVES", "TEACHER_OBJECTIVES", "get_objective"]
 
-Loss = Callable[..., tuple[Tensor, dict[str, float]]]
+Loss = Callable[..., "tuple[Tensor, dict[str, float]]"]
 
 
 @dataclass(frozen=True)
@@ -52,11 +51,15 @@ def _regflow(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator
 
 def _mle(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: torch.Generator | None = None,
          train: bool = True, target: Any = None) -> tuple[Tensor, dict[str, float]]:
+    from bgkit.train.mle import mle_loss
+
     return mle_loss(model, batch[0])
 
 
 def _kl(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: torch.Generator | None = None,
         train: bool = True, target: Any = None) -> tuple[Tensor, dict[str, float]]:
+    from bgkit.train.mle import mle_loss
+
     loss, stats = mle_loss(model, batch[0])
     if train and cfg.kl_weight > 0:
         kl, kl_stats = target.kl_loss(model, cfg.kl_batch_size or batch[0].shape[0])
@@ -68,6 +71,8 @@ def _kl(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: tor
 def _matching(kind: str) -> Loss:
     def loss(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: torch.Generator | None = None,
              train: bool = True, target: Any = None) -> tuple[Tensor, dict[str, float]]:
+        from bgkit.train.matching import flow_matching_loss
+
         return flow_matching_loss(model, batch[0], kind, wcfm_kappa=cfg.wcfm_kappa,
                                   fdm_weights=(cfg.fdm_cfm_weight, cfg.fdm_cdm_weight), generator=generator)
 

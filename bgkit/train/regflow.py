@@ -24,14 +24,17 @@ Published good range for λ_r: 1e-6 … 1e-5.
 """
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from bgkit import BgkitError
-from bgkit.flows.base import wrap_periodic
+
+if TYPE_CHECKING:  # torch is imported when the loss is first called, so the registry of choices stays light
+    import torch
+    from torch import Tensor, nn
 
 __all__ = ["regflow_loss", "REGULARISERS"]
 
+#: the regularisers ``reg`` accepts: forward-backward, squared log-det, none
 REGULARISERS = ("fb", "logdet", None)
 
 
@@ -59,6 +62,10 @@ def regflow_loss(
         ``loss``, ``mse`` (batch mean of the per-sample squared-error sum),
         ``mse_per_dim``, ``reg`` (R, 0 when disabled), ``logdet_mean``.
     """
+    import torch
+
+    from bgkit.flows.base import wrap_periodic
+
     if reg not in REGULARISERS:
         raise BgkitError(f"unknown RegFlow regulariser {reg!r}; use one of {REGULARISERS}")
     if x0.shape != x1.shape or x0.ndim != 2:
