@@ -155,7 +155,7 @@ def test_cnf_is_invertible_and_its_logdet_is_the_jacobian() -> None:
         z_back, logdet_inv = cnf.inverse(x)
     diff = z_back - z
     diff[:, 3] = torch.remainder(diff[:, 3] + math.pi, 2 * math.pi) - math.pi
-    assert diff.abs().max() < 1e-7 and (logdet + logdet_inv).abs().max() < 1e-7
+    assert diff.abs().max() < 1e-6 and (logdet + logdet_inv).abs().max() < 1e-6  # dopri5 at tol 1e-8
     assert (x[:, 3].abs() <= math.pi).all()
     for i in range(2):
         jac = torch.autograd.functional.jacobian(lambda zz: cnf(zz[None])[0][0], z[i])
