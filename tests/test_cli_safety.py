@@ -40,6 +40,7 @@ def sample_folder(tmp_path_factory):
 
 
 # ----------------------------------------------------- items 1 and 2: --force
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["sample", "evaluate"])
 def test_force_never_replaces_the_current_folder_or_its_parents(precious, command):
     for target in (".", "..", str(precious)):
@@ -55,6 +56,7 @@ def test_force_never_replaces_a_folder_bgkit_did_not_write(precious):
     assert (precious / "keep.txt").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_force_replaces_bgkit_output_but_not_a_users_file_inside_it(tmp_path):
     out = tmp_path / "s"
     assert bgkit(*SAMPLE, "--out", out).returncode == 0

@@ -40,6 +40,7 @@ def _ranks(dump: Path) -> tuple[dict, dict]:
     return torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
 
 
+@pytest.mark.slow
 def test_two_ranks_train_identically_and_match_one_process(tmp_path: Path) -> None:
     ck, dump = tmp_path / "ck.pt", tmp_path / "dump"
     run = torchrun(str(ck), str(dump), "--steps", "12")

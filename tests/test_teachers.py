@@ -147,6 +147,7 @@ def test_ode_likelihood_of_a_linear_field_is_analytic(divergence) -> None:
         assert abs((log_q - truth).mean()) < 4 * (log_q - truth).std() / math.sqrt(50)
 
 
+@pytest.mark.slow
 def test_cnf_is_invertible_and_its_logdet_is_the_jacobian() -> None:
     cnf = _random_cnf(dim=4, periodic=(3,), atol=1e-8, rtol=1e-8)
     z = cnf.prior_sample(6, torch.Generator().manual_seed(3), dtype=torch.float64)

@@ -45,7 +45,7 @@ def targets_ot(system_name, data, n, block_size, seed, out, force, align, coords
 
 @targets.command("reflow")
 @click.option("--teacher", "teacher_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Teacher checkpoint (`bgkit teacher train`).")
+              help="Teacher checkpoint (`bgkit teacher train`); any other proposal works too (its forward map).")
 @click.option("--n", type=int, required=True, help="Number of pairs (rounded up to whole chunks).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Targets folder; an unfinished one made with the same settings is completed, a larger --n extends it.")
