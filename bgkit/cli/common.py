@@ -10,6 +10,7 @@ from typing import Any, Callable
 import click
 
 from bgkit import BgkitError
+from bgkit.coords import REPRESENTATIONS
 
 
 class _Group(click.Group):
@@ -57,7 +58,7 @@ def _check_workers(workers: int | None) -> None:
 
 _SYSTEM_HELP = "Shipped system name or system folder."
 
-_COORDS = ["cartesian", "internal"]
+_COORDS = list(REPRESENTATIONS)
 
 _sample_options = [
     click.option("--system", "system_name", required=True, help=_SYSTEM_HELP),

@@ -11,33 +11,47 @@ as written by bgkit <= 0.1).
 """
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from bgkit import BgkitError
 
-from .base import Representation
-from .cartesian import CartesianCoords
-from .geometry import center, random_rotations, rotate, wrap
-from .internal import InternalCoords
-from .zmatrix import ZMatrix, build_zmatrix
+if TYPE_CHECKING:
+    from .base import Representation
 
-REPRESENTATIONS: dict[str, type[Representation]] = {"cartesian": CartesianCoords, "internal": InternalCoords}
+#: representation kind -> (module of bgkit.coords, class); imported on first use (torch is heavy)
+REPRESENTATIONS: dict[str, tuple[str, str]] = {"cartesian": ("cartesian", "CartesianCoords"),
+                                               "internal": ("internal", "InternalCoords")}
+_LAZY = {"Representation": "base", "CartesianCoords": "cartesian", "InternalCoords": "internal", "ZMatrix": "zmatrix",
+         "build_zmatrix": "zmatrix", "center": "geometry", "random_rotations": "geometry", "rotate": "geometry",
+         "wrap": "geometry"}
 
 
-def fit_representation(kind: str, xyz: Any, system: Any = None) -> Representation:
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _class(kind: str) -> Any:
+    module, cls = REPRESENTATIONS[kind]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def fit_representation(kind: str, xyz: Any, system: Any = None) -> "Representation":
     """Fit representation ``kind`` ("cartesian" | "internal") on training frames xyz [B, N, 3] (nm)."""
     if kind not in REPRESENTATIONS:
         raise BgkitError(f"unknown coordinate representation {kind!r}; choose one of {sorted(REPRESENTATIONS)}")
-    return REPRESENTATIONS[kind].fit(xyz, system)
+    return _class(kind).fit(xyz, system)
 
 
-def representation_from_state(state: dict[str, Any]) -> Representation:
+def representation_from_state(state: dict[str, Any]) -> "Representation":
     """Rebuild a representation from its ``state_dict`` (no ``kind``: legacy cartesian)."""
     kind = state.get("kind", "cartesian")
     if kind not in REPRESENTATIONS:
         raise BgkitError(f"unknown coordinate representation {kind!r} (written by a newer bgkit?)")
     try:
-        return REPRESENTATIONS[kind].from_state(state)
+        return _class(kind).from_state(state)
     except (KeyError, TypeError, ValueError) as exc:
         raise BgkitError(f"corrupted {kind} coordinate state: {type(exc).__name__}: {exc}") from None
 
