@@ -1,4 +1,4 @@
-"""Figures for BG analysis: Ramachandran free energies, energy and log-weight histograms.
+"""Figures for BG analysis: Ramachandran free energies, energy, log-weight and work histograms.
 
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, so
 nothing is displayed and pyplot's global backend is left alone. ``out_path``
@@ -25,6 +25,7 @@ __all__ = [
     "ramachandran_panels",
     "energy_histograms",
     "log_weight_histogram",
+    "work_histograms",
 ]
 
 FREE_ENERGY_LABEL = "free energy / kT"
@@ -279,3 +280,41 @@ def log_weight_histogram(
     ax.set_title(f"{title}\n{note}" if title else note, fontsize="medium")
     _save(fig, out_path)
     return {"ess_fraction": ess, "n_nonfinite": n_bad}
+
+
+def work_histograms(w_forward: Any, w_reverse: Any, report: dict[str, Any], out_path: str | Path,
+                    bins: int = 60) -> dict[str, int]:
+    """Densities of the forward works W_F and of −W_R (kT) with the ΔF estimates of ``report`` as lines.
+
+    With a perfect map both are a spike at ΔF; overlap of the two histograms is what BAR
+    needs. ``report``: ``bgkit fep``'s fep.json content (``estimates``, ``reference``).
+    Non-finite works (mapped outside the target state) are counted in the title.
+    Returns {"n_nonfinite_forward": .., "n_nonfinite_reverse": ..}.
+    """
+    wf = as_numpy(w_forward, "w_forward").reshape(-1)
+    wr = -as_numpy(w_reverse, "w_reverse").reshape(-1)
+    ok_f, ok_r = np.isfinite(wf), np.isfinite(wr)
+    if not (ok_f.any() or ok_r.any()):
+        raise BgkitError("no finite works to plot")
+    fig = _figure(6.5, 4.2)
+    ax = fig.subplots()
+    finite = np.concatenate([wf[ok_f], wr[ok_r]])
+    edges = np.histogram_bin_edges(finite, bins=bins)
+    ax.hist(wf[ok_f], bins=edges, density=True, alpha=0.5, color="tab:blue", label="W_F (samples of A)")
+    ax.hist(wr[ok_r], bins=edges, density=True, alpha=0.5, color="tab:orange", label="−W_R (samples of B)")
+    lines = [("reference", report.get("reference", {}), "black", "-")]
+    lines += [(k, v, c, "--") for k, c in (("tfep_bar", "tab:green"), ("tfep_exp_forward", "tab:blue"),
+                                           ("tfep_exp_reverse", "tab:orange"))
+              for v in [report.get("estimates", {}).get(k, {})]]
+    for name, est, color, style in lines:
+        df = est.get("dF_kT")
+        if df is not None and math.isfinite(df):
+            ax.axvline(df, color=color, linestyle=style, label=f"{name} ΔF = {df:.2f} kT")
+    ax.set_xlabel("work / kT")
+    ax.set_ylabel("density (1/kT)")
+    ax.legend(fontsize="small")
+    ax.set_title(f"{report.get('system', '')} {report.get('from', 'A')} → {report.get('to', 'B')}: "
+                 f"{int((~ok_f).sum())} of {wf.size} forward and {int((~ok_r).sum())} of {wr.size} reverse works "
+                 "infinite (mapped outside the state)", fontsize="small", wrap=True)
+    _save(fig, out_path)
+    return {"n_nonfinite_forward": int((~ok_f).sum()), "n_nonfinite_reverse": int((~ok_r).sum())}

@@ -10,6 +10,7 @@ from scipy.special import logsumexp
 
 from bgkit import BgkitError
 from bgkit.free_energy import (
+    ALA2_BASINS,
     ALA2_STATES,
     State,
     basin_populations,
@@ -51,9 +52,11 @@ def test_ala2_states_partition_torus():
     phi = rng.uniform(-np.pi, np.pi, 20000)
     psi = rng.uniform(-np.pi, np.pi, 20000)
     phi[:4], psi[:4] = [np.pi, -np.pi, 0.0, np.pi], [np.pi, -np.pi, 0.0, -np.pi]
-    masks = state_masks(ALA2_STATES, phi, psi)
+    masks = state_masks(ALA2_BASINS, phi, psi)
     total = sum(m.astype(int) for m in masks.values())
     np.testing.assert_array_equal(total, 1)
+    inner = state_masks(ALA2_STATES, phi, psi)
+    assert inner["beta_planar"].any() and not (inner["beta_planar"] & ~masks["C7eq_beta"]).any()
 
 
 def test_state_boxes_periodic():

@@ -157,3 +157,24 @@ def test_kl_fine_tuning_from_an_mle_flow(runs, tmp_path) -> None:
     res = bgkit("train", "--system", "ala2", "--arch", "realnvp", "--objective", "kl", "--init", root / "nsf-mle.pt",
                 "--steps", 6, "--batch-size", 32, "--out", tmp_path / "kl2.pt")
     assert_one_line_error(res, "is a nsf flow, not realnvp")
+
+
+def test_training_on_several_datasets_joins_their_splits(tmp_path) -> None:
+    """`bgkit train --data md --data md_rex`: the train frames are both datasets' train splits, recorded."""
+    from bgkit.checkpoint import load_checkpoint
+    from bgkit.md.dataset import load_dataset
+    from bgkit.systems import load_system
+
+    folders = [str(load_system("ala2").folder / d) for d in ("md", "md_rex")]
+    out = tmp_path / "mix.pt"
+    res = bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "mle", "--coords", "internal",
+                "--data", folders[0], "--data", folders[1], "--steps", 2, "--batch-size", 16,
+                "--hparams", '{"hidden": 8, "n_layers": 2}', "--out", out)
+    assert res.returncode == 0, res.stderr
+    training = load_checkpoint(out)["extra"]["training"]
+    assert [Path(d).resolve() for d in training["dataset"]] == [Path(f).resolve() for f in folders]
+    expected = sum(len(load_dataset(f).split_indices()["train"]) for f in folders)
+    assert training["train_frames"] == expected
+    res = bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "mle", "--data", folders[0],
+                "--data", str(load_system("ala3").folder / "md"), "--steps", 2, "--out", tmp_path / "x.pt")
+    assert res.returncode == 1 and "another topology" in res.stderr and not (tmp_path / "x.pt").exists()

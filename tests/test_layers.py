@@ -21,7 +21,8 @@ LAYERS = """
 2  models    md.*  flows.*  checkpoint  proposal
 3  analysis  reweight  metrics  free_energy.*  md.check  sample  evaluate  plots
 4  training  train.*
-5  entry     bench.*  cli.*  __main__
+5  workflow  fep
+6  entry     bench.*  cli.*  __main__
 """
 
 #: (importer, imported) -> reason: known violations, each to be fixed and removed (the test fails once one is gone)

@@ -5,7 +5,7 @@ code 1 and no traceback; set ``BGKIT_DEBUG=1`` to see the traceback.
 
 Modules: :mod:`.common` (error handling, shared options), :mod:`.systems`
 (systems, energy), :mod:`.md` (simulate, data), :mod:`.training` (targets,
-train, teacher, export), :mod:`.sampling` (sample, evaluate), :mod:`.plot`.
+train, teacher, export), :mod:`.sampling` (sample, evaluate), :mod:`.fep`, :mod:`.plot`.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import click
 from bgkit import __version__
 from bgkit.cli.common import (_COORDS, _Group, _check_workers, _dump, _sample_options, _train_options,
                               _with_options)
+from bgkit.cli.fep import fep
 from bgkit.cli.md import data, simulate
 from bgkit.cli.plot import plot
 from bgkit.cli.sampling import evaluate, sample
@@ -30,6 +31,6 @@ def main() -> None:
     """bgkit: Boltzmann Generators for molecular systems (OpenMM + normalizing flows)."""
 
 
-for _command in (systems, energy, simulate, data, targets, train, teacher, export, sample, evaluate, plot):
+for _command in (systems, energy, simulate, data, targets, train, teacher, export, sample, evaluate, fep, plot):
     main.add_command(_command)
 del _command

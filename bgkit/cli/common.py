@@ -78,7 +78,9 @@ _sample_options = [
 
 _train_options = [
     click.option("--system", "system_name", required=True, help=_SYSTEM_HELP),
-    click.option("--data", default=None, help="Dataset folder (default: the system's shipped data)."),
+    click.option("--data", multiple=True,
+                 help="Dataset folder (default: the system's shipped data). Repeat it to train on several datasets "
+                      "of the system, e.g. plain MD and replica exchange: each is split in time, the splits joined."),
     click.option("--steps", type=int, default=20000, show_default=True,
                  help="Total optimiser steps (a --resume continues up to this count)."),
     click.option("--batch-size", type=int, default=512, show_default=True, help="Training pairs or frames per step."),

@@ -95,6 +95,7 @@ def _run_training(system_name: str, arch: str, objective: str, out: Path, resume
         from bgkit.checkpoint import load_checkpoint
 
         cfg["warmup_steps"] = load_checkpoint(out)["config"].get("warmup_steps", cfg["warmup_steps"])
+    kwargs["data"] = list(kwargs.get("data") or ()) or None
     result = train_proposal(system_name, arch, objective, out, hparams=hp, config_overrides=cfg, resume=resume,
                             **kwargs)
     m = result.metrics

@@ -1,13 +1,20 @@
-"""Conformational states in (φ, ψ), state masks, and basin populations with block-bootstrap errors.
+"""Conformational states on backbone dihedrals, state masks, and basin populations with block-bootstrap errors.
 
-States are boxes in (φ, ψ) (radians, periodic) or any boolean mask. Populations
-are fractions of unbiased, time-ordered frames, their errors a bootstrap over
-contiguous time blocks (blocks must be longer than the correlation time).
+States are periodic boxes in (φ, ψ) of a dipeptide, boxes on any named
+backbone dihedral (``phi1``, ``psi2``, ... as labelled by
+:func:`bgkit.metrics.backbone_torsions`), or any boolean mask. A small YAML
+file defines states in degrees (:func:`load_states`, format in
+docs/free_energies.md). Populations are fractions of unbiased, time-ordered
+frames, their errors a bootstrap over contiguous time blocks (blocks must be
+longer than the correlation time).
 """
 from __future__ import annotations
 
 import math
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -15,8 +22,8 @@ import numpy as np
 from bgkit import BgkitError
 from bgkit.arrays import as_numpy
 
-__all__ = ["TWO_PI", "State", "ALA2_STATES", "state_masks", "as_mask", "time_blocks", "Population",
-           "basin_populations"]
+__all__ = ["TWO_PI", "State", "ALA2_BASINS", "ALA2_STATES", "state_masks", "as_mask", "time_blocks", "Population",
+           "basin_populations", "load_states", "named_states", "resolve_state"]
 
 TWO_PI = 2.0 * math.pi
 
@@ -42,6 +49,8 @@ class State:
     phi, psi: (lo, hi) in radians meaning the arc from lo counter-clockwise to
     hi, lower end included, so (50°, −120°) runs through 180°; None means the
     whole circle. ``mask_fn(phi, psi) -> bool [n]`` overrides the boxes.
+    ``dihedrals``: instead of phi/psi, ((label, (lo, hi)), ...) arcs on named
+    backbone dihedrals (``phi1``, ``psi2``, ...; for many-residue peptides).
     Non-finite angles are never inside a state.
     """
 
@@ -49,6 +58,7 @@ class State:
     phi: tuple[float, float] | None = None
     psi: tuple[float, float] | None = None
     mask_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    dihedrals: tuple[tuple[str, tuple[float, float]], ...] | None = None
 
     @classmethod
     def from_degrees(
@@ -71,14 +81,47 @@ class State:
             return m
         return _in_arc(f, self.phi) & _in_arc(p, self.psi)
 
+    def mask_torsions(self, angles: np.ndarray, labels: list[str]) -> np.ndarray:
+        """Bool [n] from backbone dihedrals ``angles`` [n, k] (rad) with their ``labels`` (``phi1``, ``psi1``, ...).
+
+        A (φ, ψ) state needs exactly one residue with both angles (a dipeptide);
+        a ``dihedrals`` state needs each of its labels.
+        """
+        angles = np.asarray(angles, dtype=np.float64)
+        col = {lab: i for i, lab in enumerate(labels)}
+        if self.dihedrals is not None:
+            missing = [lab for lab, _ in self.dihedrals if lab not in col]
+            if missing:
+                raise BgkitError(f"state {self.name!r} uses dihedral(s) {', '.join(missing)} that this system lacks; "
+                                 f"it has {', '.join(labels)}")
+            m = np.ones(len(angles), dtype=bool)
+            for lab, arc in self.dihedrals:
+                m &= _in_arc(angles[:, col[lab]], arc)
+            return m
+        residues = sorted({lab[3:] for lab in labels if lab.startswith("phi")} &
+                          {lab[3:] for lab in labels if lab.startswith("psi")})
+        if len(residues) != 1:
+            raise BgkitError(f"state {self.name!r} is a (phi, psi) box, but this system has {len(residues)} residues "
+                             f"with both ({', '.join(labels)}): define it on named dihedrals in a states YAML file")
+        r = residues[0]
+        return self.mask(angles[:, col["phi" + r]], angles[:, col["psi" + r]])
+
 
 #: Coarse alanine-dipeptide partition of the whole (φ, ψ) torus, commonly used
 #: in vacuum / implicit solvent: C7eq/β is φ < 0 with ψ from 50° through 180° to
 #: −120°; α_R is φ < 0 with −120° ≤ ψ < 50°; α_L is φ > 0 (it includes C7ax).
-ALA2_STATES: dict[str, State] = {
+ALA2_BASINS: dict[str, State] = {
     "C7eq_beta": State.from_degrees("C7eq_beta", phi=(-180.0, 0.0), psi=(50.0, -120.0)),
     "alpha_R": State.from_degrees("alpha_R", phi=(-180.0, 0.0), psi=(-120.0, 50.0)),
     "alpha_L": State.from_degrees("alpha_L", phi=(0.0, 180.0), psi=None),
+}
+
+#: The named states of a dipeptide (``bgkit fep --from/--to``): the three basins and
+#: beta_planar, the extended C5 region inside C7eq_beta (−180° ≤ φ < −120°, ψ from
+#: 120° through 180° to −150°).
+ALA2_STATES: dict[str, State] = {
+    **ALA2_BASINS,
+    "beta_planar": State.from_degrees("beta_planar", phi=(-180.0, -120.0), psi=(120.0, -150.0)),
 }
 
 
@@ -157,3 +200,77 @@ def basin_populations(
             second_half=float(m[half:].mean()),
         )
     return out
+
+
+# --------------------------------------------------------------------------- named states and YAML files
+
+
+def _arc_degrees(value: Any, where: str) -> tuple[float, float]:
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise BgkitError(f"{where}: give [lo, hi] in degrees, got {value!r}")
+    lo, hi = float(value[0]), float(value[1])
+    if not (-360.0 <= lo <= 360.0 and -360.0 <= hi <= 360.0):
+        raise BgkitError(f"{where}: angles must be in degrees within [-360, 360], got {value!r}")
+    if lo % 360.0 == hi % 360.0 and lo != hi:
+        return math.radians(lo), math.radians(lo) + TWO_PI  # a full turn, written e.g. [-180, 180]
+    if lo == hi:
+        raise BgkitError(f"{where}: empty arc [{lo:g}, {hi:g}]")
+    return math.radians(lo), math.radians(hi)
+
+
+def load_states(path: str | os.PathLike) -> dict[str, State]:
+    """States from a YAML file: ``{name: {dihedral: [lo, hi], ...}, ...}``, angles in degrees.
+
+    Dihedral keys are ``phi``/``psi`` (a dipeptide's one residue) or labelled
+    backbone dihedrals ``phi<i>``/``psi<i>`` (i the 0-based residue index, as
+    ``bgkit systems show`` lists them). An arc runs counter-clockwise from lo
+    to hi (so ``[120, -150]`` passes through 180°), lo included.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise BgkitError(f"states file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise BgkitError(f"states file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict) or not data:
+        raise BgkitError(f"states file {path} must map state names to dihedral ranges, e.g. 'helix: {{phi1: [-100, -30]}}'")
+    states = {}
+    for name, boxes in data.items():
+        where = f"{path}: state {name!r}"
+        if not isinstance(name, str) or not name.strip():
+            raise BgkitError(f"{path}: state names must be non-empty strings, got {name!r}")
+        if not isinstance(boxes, dict) or not boxes:
+            raise BgkitError(f"{where} needs at least one dihedral range, e.g. {{phi: [-180, 0]}}")
+        keys = set(boxes)
+        bad = [k for k in keys if not isinstance(k, str) or not re.fullmatch(r"(phi|psi)\d*", k)]
+        if bad:
+            raise BgkitError(f"{where}: unknown dihedral(s) {bad}; use phi, psi or phi<i>, psi<i>")
+        arcs = {k: _arc_degrees(v, f"{where}, {k}") for k, v in boxes.items()}
+        if keys <= {"phi", "psi"}:
+            states[name] = State(name, phi=arcs.get("phi"), psi=arcs.get("psi"))
+        elif keys & {"phi", "psi"}:
+            raise BgkitError(f"{where}: mixes phi/psi with numbered dihedrals; use numbered ones only")
+        else:
+            states[name] = State(name, dihedrals=tuple(sorted(arcs.items())))
+    return states
+
+
+def named_states(labels: list[str]) -> dict[str, State]:
+    """The built-in named states for a system with backbone dihedrals ``labels`` (``phi1``, ``psi1``, ...):
+    ALA2_STATES for a dipeptide (one residue with both φ and ψ), none otherwise."""
+    phi = {lab[3:] for lab in labels if lab.startswith("phi")}
+    psi = {lab[3:] for lab in labels if lab.startswith("psi")}
+    return dict(ALA2_STATES) if len(phi & psi) == 1 else {}
+
+
+def resolve_state(name: str, available: dict[str, State], where: str) -> State:
+    """The state called ``name`` (BgkitError listing the choices where there is none)."""
+    if name in available:
+        return available[name]
+    choices = ", ".join(available) or "none (define states in a YAML file with --states)"
+    raise BgkitError(f"unknown state {name!r} for {where}; choices: {choices}")
+

@@ -26,8 +26,10 @@ from bgkit.proposal import PROPOSAL_KIND, system_record
 from bgkit.systems import load_system
 
 
-def _frames(dataset: Dataset, split: str, max_frames: int | None, seed: int) -> np.ndarray:
-    xyz = dataset.split(split)
+def _frames(dataset: Dataset | list[Dataset], split: str, max_frames: int | None, seed: int) -> np.ndarray:
+    """Frames of ``split`` of one dataset or of several (joined in order), at most ``max_frames`` evenly spaced."""
+    datasets = dataset if isinstance(dataset, list) else [dataset]
+    xyz = np.concatenate([d.split(split) for d in datasets])
     if max_frames is not None and len(xyz) > max_frames:  # an evenly spaced subset keeps the time coverage
         xyz = xyz[np.linspace(0, len(xyz) - 1, max_frames).round().astype(int)]
     return xyz.astype(np.float64)
@@ -58,10 +60,8 @@ def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: in
     from bgkit.train.targets import ot_pairs, save_targets
 
     sys_ = load_system(system)
-    dataset = load_dataset(data or sys_.name)
+    dataset = _datasets(data, sys_)[0]
     dataset.system.check_positions(dataset.xyz[:1])
-    if dataset.meta["topology_hash"] != sys_.topology_hash:
-        raise BgkitError(f"dataset {dataset.folder} was simulated for another topology than system '{sys_.name}'")
     xyz = _frames(dataset, "train", n, seed)
     rep = fit_representation(coords, xyz, sys_)
     y = to_flow_space(rep, xyz)
@@ -83,8 +83,20 @@ def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: in
     return info
 
 
+def _datasets(data: str | list[str] | None, system: Any) -> list[Dataset]:
+    """The training datasets (default: the system's shipped data), each checked against the system's topology."""
+    names = [data] if isinstance(data, (str, Path)) else list(data or [system.name])
+    out = []
+    for name in names:
+        ds = load_dataset(name)
+        if ds.meta["topology_hash"] != system.topology_hash:
+            raise BgkitError(f"dataset {ds.folder} was simulated for another topology than system '{system.name}'")
+        out.append(ds)
+    return out
+
+
 def train_proposal(system: str, arch: str, objective: str, out: str | Path, targets: str | None = None,
-                   data: str | None = None, max_frames: int | None = None, hparams: dict | None = None,
+                   data: str | list[str] | None = None, max_frames: int | None = None, hparams: dict | None = None,
                    config_overrides: dict | None = None, resume: bool = False, progress: bool = True,
                    coords: str | None = None, init: str | Path | None = None, energy_workers: int = 1):
     """Train a flow for ``system``; the checkpoint is a proposal.
@@ -94,6 +106,7 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
     frames), "kl" (maximum likelihood + ``kl_weight`` × reverse KL to exp(−u), with energies and
     forces from ``energy_workers`` OpenMM workers; :mod:`bgkit.train.kl`), or a flow-matching
     objective ("cfm", "otcfm", "wcfm", "fdm") for ``arch="cnf"`` (a teacher; :mod:`bgkit.train.matching`).
+    ``data``: a dataset folder or a list of them (their train and validation splits are joined).
     ``coords`` ("cartesian" | "internal"): the flow space. RegFlow takes it from the targets
     file (an explicit, different ``coords`` is an error); MLE and KL fit it on the train frames
     (default "cartesian"). ``init``: start from the weights and representation of this proposal or
@@ -112,10 +125,8 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
                          "flow matching: cfm, otcfm, wcfm, fdm)"))
     sys_ = load_system(system)
     cfg = TrainConfig.from_dict({"objective": objective, **(config_overrides or {})})
-    dataset = load_dataset(data or sys_.name)
-    if dataset.meta["topology_hash"] != sys_.topology_hash:
-        raise BgkitError(f"dataset {dataset.folder} was simulated for another topology than system '{sys_.name}'")
-    val_xyz = _frames(dataset, "val", 2000, cfg.seed)
+    datasets = _datasets(data, sys_)
+    val_xyz = _frames(datasets, "val", 2000, cfg.seed)
     start = _initial_proposal(init, sys_, arch, coords) if init is not None else None
     if spec.pairs:
         if targets is None:
@@ -152,7 +163,7 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
             n_train = len(t.x0)
         targets_record = _targets_record(prov)
     else:
-        xyz = _frames(dataset, "train", max_frames, cfg.seed)
+        xyz = _frames(datasets, "train", max_frames, cfg.seed)
         rep = start.transform if start is not None else fit_representation(coords or "cartesian", xyz, sys_)
         train_data = torch.as_tensor(to_flow_space(rep, xyz)).float()
         val_data = torch.as_tensor(to_flow_space(rep, val_xyz)).float()
@@ -172,8 +183,9 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         "kind": PROPOSAL_KIND,
         "system": system_record(sys_),
         "transform": rep.state_dict(),
-        "training": {"command": " ".join(sys.argv), "dataset": str(dataset.folder),
-                     "dataset_frames": dataset.n_frames, "train_frames": n_train, "targets": targets,
+        "training": {"command": " ".join(sys.argv),
+                     "dataset": str(datasets[0].folder) if len(datasets) == 1 else [str(d.folder) for d in datasets],
+                     "dataset_frames": sum(d.n_frames for d in datasets), "train_frames": n_train, "targets": targets,
                      "targets_provenance": targets_record, "objective": objective, "arch": arch, "coords": rep.kind,
                      "init": str(init) if init is not None else None,
                      "init_training": start.info.get("training") if start is not None else None},

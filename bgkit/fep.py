@@ -1,0 +1,296 @@
+"""``bgkit fep``: ΔF between two conformational states by counting, reweighting and targeted FEP.
+
+One function, :func:`run_fep`, runs every method on a system's data and proposal and writes an
+output folder (``fep.json``, ``works.png``, ``works.npz`` and, when trained here, ``map.pt``):
+
+* ``reference``: counting in the reference dataset (default: the system's replica-exchange data
+  ``md_rex`` where shipped, else ``--data``), block-bootstrap error;
+* ``counting``: counting in ``--data`` (default: the system's shipped MD), block-bootstrap error;
+* ``reweighting``: importance-weighted samples of the proposal (SNIS, delta-method error);
+* ``tfep``: a map M: A → B trained by RegFlow on exact-OT pairs between the train-split frames
+  of A and B (:mod:`bgkit.train.tfep`), works on the test-split frames (forward on A, reverse
+  on B), EXP both ways and BAR; errors from a bootstrap over contiguous time blocks of the works
+  (MD frames are correlated), pymbar's asymptotic errors beside them.
+
+Sign convention: ΔF_AB = F_B − F_A = −ln(Z_B / Z_A) in kT, kcal/mol beside it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bgkit import BgkitError
+from bgkit.free_energy.states import State, load_states, named_states, resolve_state
+
+__all__ = ["METHODS", "MAP_HPARAMS", "MAP_CONFIG", "MAP_THRESHOLD", "run_fep", "system_states", "default_reference", "state_frames",
+           "in_state"]
+
+#: the methods ``run_fep`` knows, in the order they run
+METHODS = ("counting", "reweighting", "tfep")
+#: architecture of a TFEP map (NSF) and its training defaults; ``map_config`` overrides the latter
+MAP_HPARAMS = {"hidden": 128, "n_layers": 6}
+MAP_CONFIG = {"steps": 1000, "batch_size": 256, "lr": 1e-3}
+#: the map moves the flow coordinates whose A and B marginals differ by more than this (1-D W1, flow units)
+MAP_THRESHOLD = 1.0
+KJ_PER_KCAL = 4.184
+
+
+def _torsions(xyz: np.ndarray, system: Any) -> tuple[np.ndarray, list[str]]:
+    import mdtraj
+
+    from bgkit.metrics import backbone_torsions
+
+    return backbone_torsions(mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), system.topology))
+
+
+def system_states(system: Any, states_file: str | os.PathLike | None = None) -> dict[str, State]:
+    """Named states of ``system`` (a dipeptide's ALA2_STATES) plus those of a YAML file (which win)."""
+    _, labels = _torsions(system.positions[None], system)
+    states = named_states(labels)
+    if states_file is not None:
+        states.update(load_states(states_file))
+    for state in states.values():  # a state on dihedrals this system lacks fails here, not after hours of work
+        state.mask_torsions(np.zeros((1, len(labels))), labels)
+    return states
+
+
+def default_reference(system: Any) -> Path | None:
+    """The system's shipped replica-exchange dataset (``md_rex``) if it has one."""
+    folder = Path(system.folder) / "md_rex"
+    return folder if (folder / "dataset.json").is_file() else None
+
+
+def _load(path: str | os.PathLike, system: Any):
+    from bgkit.md.dataset import load_dataset
+
+    ds = load_dataset(path)
+    if ds.meta["topology_hash"] != system.topology_hash:
+        raise BgkitError(f"dataset {ds.folder} belongs to another topology than system '{system.name}'")
+    return ds
+
+
+def _kcal(value: float, kt_kj: float) -> float:
+    return value * kt_kj / KJ_PER_KCAL
+
+
+def _row(df: float, err: float, kt_kj: float, **more: Any) -> dict[str, Any]:
+    return {"dF_kT": df, "dF_err_kT": err, "dF_kcal_mol": _kcal(df, kt_kj), "dF_err_kcal_mol": _kcal(err, kt_kj),
+            **more}
+
+
+def _counting(ds: Any, system: Any, a: State, b: State, seed: int) -> dict[str, Any]:
+    from bgkit.free_energy.estimates import delta_f_counting
+
+    angles, labels = _torsions(ds.xyz, system)
+    ma, mb = a.mask_torsions(angles, labels), b.mask_torsions(angles, labels)
+    df, err = delta_f_counting(ma, mb, n_blocks=20, seed=seed)
+    flags = [f"state {s.name} never visited ({ds.n_frames} frames)" for s, m in ((a, ma), (b, mb)) if not m.any()]
+    return _row(df, err, system.kT, dataset=str(ds.folder), frames=ds.n_frames, simulated_ns=ds.simulated_ns,
+                n_a=int(ma.sum()), n_b=int(mb.sum()), error="bootstrap over 20 contiguous time blocks",
+                flags=flags)
+
+
+def _reweighting(system: Any, model: str | None, a: State, b: State, n: int, seed: int,
+                 workers: int | None, progress: bool) -> dict[str, Any]:
+    from bgkit.free_energy.estimates import delta_f_reweighting
+    from bgkit.sample import LOW_ESS_FRACTION, draw, load_proposal
+
+    proposal = load_proposal(system, model)
+    res = draw(proposal, system, n=n, seed=seed, n_workers=workers, progress=progress)
+    angles, labels = _torsions(res.xyz, system)
+    ma, mb = a.mask_torsions(angles, labels), b.mask_torsions(angles, labels)
+    df, err = delta_f_reweighting(ma, mb, res.weights.log_w)
+    lw = res.weights.log_w
+    flags = []
+    if res.weights.ess_fraction < LOW_ESS_FRACTION:
+        flags.append(f"ESS/N {res.weights.ess_fraction:.2g} < {LOW_ESS_FRACTION}: reweighted results unreliable")
+    for s, m in ((a, ma), (b, mb)):
+        if not np.isfinite(lw[m]).any():
+            flags.append(f"no proposal sample with non-zero weight in {s.name}")
+    from bgkit.reweight import kish_ess
+
+    return _row(df, err, system.kT, model=str(proposal.path), n_samples=n, n_a=int(ma.sum()), n_b=int(mb.sum()),
+                ess_fraction=res.weights.ess_fraction,
+                ess_a=kish_ess(lw[ma]) if ma.any() else 0.0, ess_b=kish_ess(lw[mb]) if mb.any() else 0.0,
+                error="delta method (independent samples)", flags=flags)
+
+
+def state_frames(ds: Any, system: Any, split: str, state: State, limit: int | None) -> np.ndarray:
+    """Frames of ``split`` inside ``state`` (time order), at most ``limit`` evenly spaced."""
+    xyz = ds.split(split)
+    angles, labels = _torsions(xyz, system)
+    sel = np.flatnonzero(state.mask_torsions(angles, labels))
+    if limit is not None and sel.size > limit:
+        sel = sel[np.linspace(0, sel.size - 1, limit).round().astype(int)]
+    return np.asarray(xyz[sel], dtype=np.float64)
+
+
+def in_state(xyz: np.ndarray, state: State, system: Any) -> np.ndarray:
+    """Bool [n]: which frames [n, N, 3] (nm) of ``system`` lie in ``state``."""
+    angles, labels = _torsions(xyz, system)
+    return state.mask_torsions(angles, labels)
+
+
+def _tfep(ds: Any, system: Any, a: State, b: State, work: Path, map_path: str | None, coords: str,
+          map_config: dict, map_threshold: float, map_frames: int | None, work_frames: int | None, seed: int,
+          workers: int | None, progress: bool, states_record: dict) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from bgkit.energy import EnergyModel
+    from bgkit.free_energy.tfep import LearnedMap, block_bootstrap, map_works, tfep_estimates
+
+    frames = {}
+    for split, limit in (("test", work_frames),) + ((("train", map_frames), ("val", 2000)) if map_path is None else ()):
+        for s, key in ((a, "a"), (b, "b")):
+            frames[split, key] = state_frames(ds, system, split, s, limit)
+            if not len(frames[split, key]) and split != "val":
+                raise BgkitError(f"state {s.name} has no frames in the {split} split of {ds.folder}: TFEP needs "
+                                 "samples of both states (use data that visit it, e.g. replica exchange)")
+    t0 = time.time()
+    if map_path is None:
+        from bgkit.train.tfep import train_state_map
+
+        map_file = work / "map.pt"
+        train_state_map(system, frames["train", "a"], frames["train", "b"], map_file, states_record, coords=coords,
+                        val_xyz=(frames["val", "a"], frames["val", "b"]), hparams=dict(MAP_HPARAMS),
+                        config_overrides={**MAP_CONFIG, "seed": seed, **map_config},
+                        progress=progress, record={"dataset": str(ds.folder), "split": "train"},
+                        threshold=map_threshold)
+    else:
+        map_file = Path(map_path)
+    lmap = LearnedMap.load(map_file, topology_hash=system.topology_hash)
+    train_s = time.time() - t0
+
+    with EnergyModel(system, n_workers=workers) as energy:
+        works = map_works(lmap, energy, lambda xyz, state: in_state(xyz, state, system), frames["test", "a"],
+                          frames["test", "b"], a, b)
+    results, failures = tfep_estimates(works.forward, works.reverse)
+    boot = block_bootstrap(works.forward, works.reverse, seed=seed)
+    common = {"n_a": int(works.forward.size), "n_b": int(works.reverse.size), "dataset": str(ds.folder),
+              "split": "test", "map": str(map_path or "map.pt"), "map_seconds": train_s,
+              "left_state_forward": works.left_forward, "left_state_reverse": works.left_reverse,
+              "nonfinite_energy_forward": works.nonfinite_forward, "nonfinite_energy_reverse": works.nonfinite_reverse}
+    out = {}
+    for name in ("exp_forward", "exp_reverse", "bar"):
+        if name in failures:
+            out[f"tfep_{name}"] = {"dF_kT": None, "dF_err_kT": None, "flags": [failures[name]], **common}
+            continue
+        r = results[name]
+        flags = []
+        err = max(boot[name], r.stderr_kt) if math.isfinite(r.stderr_kt) else boot[name]
+        for direction, ess in (("forward", r.ess_fraction_forward), ("reverse", r.ess_fraction_reverse)):
+            if math.isfinite(ess) and ess < 0.01:
+                flags.append(f"work overlap ESS/N {direction} {ess:.2g} < 0.01: estimate unreliable")
+        if name == "bar" and math.isfinite(r.hysteresis_kt) and abs(r.hysteresis_kt) > 3 * max(err, 1e-12):
+            flags.append(f"EXP forward and reverse differ by {r.hysteresis_kt:.3g} kT (> 3 errors): poor overlap")
+        out[f"tfep_{name}"] = _row(r.delta_f_kt, err, system.kT, dF_err_asymptotic_kT=r.stderr_kt,
+                                   dF_err_block_bootstrap_kT=boot[name], ess_fraction_forward=r.ess_fraction_forward,
+                                   ess_fraction_reverse=r.ess_fraction_reverse, hysteresis_kT=r.hysteresis_kt,
+                                   n_nonfinite_works=r.n_nonfinite, error="larger of block bootstrap (20 blocks) "
+                                   "and pymbar asymptotic", flags=flags, **common)
+    return out, {"w_forward": works.forward, "w_reverse": works.reverse}
+
+
+def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike, *, states_file: str | None = None,
+            data: str | None = None, reference: str | None = None, model: str | None = None, n_samples: int = 10000,
+            map_path: str | None = None, coords: str = "internal", map_config: dict | None = None,
+            map_threshold: float = MAP_THRESHOLD, map_frames: int | None = 20000, work_frames: int | None = 5000,
+            methods: tuple[str, ...] = METHODS,
+            seed: int = 0, workers: int | None = None, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """ΔF(state_from → state_to) by each of ``methods``; writes ``out`` (see the module docstring); returns fep.json.
+
+    ``map_config``: TrainConfig fields of the map (``steps``, ``batch_size``, ``lr``, ``max_seconds``, ...);
+    ``map_threshold``: which coordinates the map moves (:func:`bgkit.train.tfep.select_dims`).
+    A state never visited by the data is an error; estimates that cannot be trusted are flagged.
+    """
+    from bgkit.outputs import check_output_folder, replace_folder, write_marker
+    from bgkit.provenance import provenance
+    from bgkit.systems import load_system
+
+    system = load_system(system)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise BgkitError(f"unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")
+    if n_samples < 2:
+        raise BgkitError(f"--n must be >= 2, got {n_samples}")
+    out = Path(os.path.abspath(out))
+    check_output_folder(out, force)
+    if map_path is not None and not Path(map_path).is_file():
+        raise BgkitError(f"map {map_path} does not exist")
+    states = system_states(system, states_file)
+    a = resolve_state(state_from, states, f"system '{system.name}'")
+    b = resolve_state(state_to, states, f"system '{system.name}'")
+    if a.name == b.name:
+        raise BgkitError(f"--from and --to are the same state ({a.name})")
+    ds = _load(data or system.name, system)
+    ref_path = reference or default_reference(system)
+    record = {"from": a.name, "to": b.name, "definitions": {s.name: _definition(s) for s in (a, b)}}
+    result: dict[str, Any] = {"system": system.name, "from": a.name, "to": b.name,
+                              "convention": "dF = F_to - F_from = -ln(Z_to / Z_from); kT at the system temperature",
+                              "temperature_K": system.temperature, "kT_kcal_mol": _kcal(1.0, system.kT),
+                              "states": record["definitions"], "estimates": {}}
+    counting = _counting(ds, system, a, b, seed)
+    if counting["n_a"] == 0 or counting["n_b"] == 0:
+        missing = a.name if counting["n_a"] == 0 else b.name
+        raise BgkitError(f"state {missing} is never visited by the {ds.n_frames} frames of {ds.folder}")
+    ref = _counting(_load(ref_path, system), system, a, b, seed) if ref_path is not None else counting
+    result["reference"] = {**ref, "source": "replica-exchange / reference dataset" if ref_path else "--data (no "
+                           "separate reference dataset)"}
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        if "counting" in methods:
+            result["estimates"]["counting"] = counting
+        if "reweighting" in methods:
+            result["estimates"]["reweighting"] = _reweighting(system, model, a, b, n_samples, seed, workers, progress)
+        if "tfep" in methods:
+            est, arrays = _tfep(ds, system, a, b, tmp, map_path, coords, dict(map_config or {}), map_threshold,
+                                map_frames, work_frames, seed, workers, progress, record)
+            result["estimates"].update(est)
+        result["provenance"] = provenance(seed=seed, system=system.name, command=" ".join(sys.argv))
+        files = ["fep.json"]
+        if arrays:
+            np.savez(tmp / "works.npz", **arrays)
+            from bgkit.plots import work_histograms
+
+            work_histograms(arrays["w_forward"], arrays["w_reverse"], result, tmp / "works.png")
+            files += ["works.npz", "works.png"] + (["map.pt"] if (tmp / "map.pt").exists() else [])
+        (tmp / "fep.json").write_text(json.dumps(_plain(result), indent=2))
+        write_marker(tmp, "bgkit.fep", files)
+        replace_folder(tmp, out, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars as numbers, non-finite floats as None (strict JSON has no inf/nan)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _definition(state: State) -> dict[str, Any]:
+    """A state's boxes in degrees (plain data)."""
+    deg = lambda arc: None if arc is None else [math.degrees(arc[0]), math.degrees(arc[1])]  # noqa: E731
+    if state.dihedrals is not None:
+        return {lab: deg(arc) for lab, arc in state.dihedrals}
+    return {"phi": deg(state.phi), "psi": deg(state.psi)}
