@@ -228,6 +228,14 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
     b = resolve_state(state_to, states, f"system '{system.name}'")
     if a.name == b.name:
         raise BgkitError(f"--from and --to are the same state ({a.name})")
+    map_flags = []
+    if map_path is not None and "tfep" in methods:  # a wrong file fails now, not after sampling
+        from bgkit.free_energy.tfep import LearnedMap
+
+        trained = (LearnedMap.load(map_path, topology_hash=system.topology_hash).info.get("states") or {})
+        if (trained.get("from"), trained.get("to")) != (a.name, b.name):
+            map_flags.append(f"the map was trained for {trained.get('from')} -> {trained.get('to')}, not "
+                             f"{a.name} -> {b.name} (TFEP stays exact for any map, but its variance grows)")
     ds = _load(data or system.name, system)
     ref_path = reference or default_reference(system)
     record = {"from": a.name, "to": b.name, "definitions": {s.name: _definition(s) for s in (a, b)}}
@@ -255,6 +263,8 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
         if "tfep" in methods:
             est, arrays = _tfep(ds, system, a, b, tmp, map_path, coords, dict(map_config or {}), map_threshold,
                                 map_frames, work_frames, seed, workers, progress, record)
+            for row in est.values():
+                row["flags"] = map_flags + row["flags"]
             result["estimates"].update(est)
         result["provenance"] = provenance(seed=seed, system=system.name, command=" ".join(sys.argv))
         files = ["fep.json"]

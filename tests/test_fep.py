@@ -328,3 +328,14 @@ def test_fep_example_runs_with_small_settings(tmp_path):
     n_a, n_b = _direct_counts(ds.xyz, ds.system.topology)
     assert float(plain.split()[2]) == pytest.approx(-math.log(n_b / n_a), abs=5e-4)
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_fep_refuses_a_proposal_as_map_before_any_work(tmp_path):
+    from bgkit.systems import load_system
+
+    proposal = load_system("ala2").folder / "proposal.pt"
+    res = bgkit("fep", "--system", "ala2", "--from", "C7eq_beta", "--to", "alpha_R", "--map", proposal,
+                "--out", tmp_path / "o", timeout=60)
+    assert_one_line_error(res, "not a TFEP map")
+    res = bgkit("fep", "--system", "ala4", "--from", "C7eq_beta", "--to", "alpha_R", "--out", tmp_path / "o")
+    assert_one_line_error(res, "unknown state", "--states")  # three residues with φ and ψ: no named states

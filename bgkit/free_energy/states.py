@@ -261,7 +261,7 @@ def load_states(path: str | os.PathLike) -> dict[str, State]:
 
 def named_states(labels: list[str]) -> dict[str, State]:
     """The built-in named states for a system with backbone dihedrals ``labels`` (``phi1``, ``psi1``, ...):
-    ALA2_STATES for a dipeptide (one residue with both φ and ψ), none otherwise."""
+    ALA2_STATES on the φ/ψ of the one residue that has both (ala2; ala3's central residue), none otherwise."""
     phi = {lab[3:] for lab in labels if lab.startswith("phi")}
     psi = {lab[3:] for lab in labels if lab.startswith("psi")}
     return dict(ALA2_STATES) if len(phi & psi) == 1 else {}
