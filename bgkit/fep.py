@@ -38,6 +38,8 @@ METHODS = ("counting", "reweighting", "tfep")
 #: architecture of a TFEP map (NSF) and its training defaults; ``map_config`` overrides the latter
 MAP_HPARAMS = {"hidden": 128, "n_layers": 6}
 MAP_CONFIG = {"steps": 1000, "batch_size": 256, "lr": 1e-3}
+#: reweighting is flagged when the Kish ESS of the samples within a state is below this
+MIN_STATE_ESS = 10.0
 #: the map moves the flow coordinates whose A and B marginals differ by more than this (1-D W1, flow units)
 MAP_THRESHOLD = 1.0
 KJ_PER_KCAL = 4.184
@@ -101,6 +103,7 @@ def _counting(ds: Any, system: Any, a: State, b: State, seed: int) -> dict[str, 
 def _reweighting(system: Any, model: str | None, a: State, b: State, n: int, seed: int,
                  workers: int | None, progress: bool) -> dict[str, Any]:
     from bgkit.free_energy.estimates import delta_f_reweighting
+    from bgkit.reweight import kish_ess
     from bgkit.sample import LOW_ESS_FRACTION, draw, load_proposal
 
     proposal = load_proposal(system, model)
@@ -112,14 +115,14 @@ def _reweighting(system: Any, model: str | None, a: State, b: State, n: int, see
     flags = []
     if res.weights.ess_fraction < LOW_ESS_FRACTION:
         flags.append(f"ESS/N {res.weights.ess_fraction:.2g} < {LOW_ESS_FRACTION}: reweighted results unreliable")
+    ess = {}
     for s, m in ((a, ma), (b, mb)):
-        if not np.isfinite(lw[m]).any():
-            flags.append(f"no proposal sample with non-zero weight in {s.name}")
-    from bgkit.reweight import kish_ess
-
+        ess[s.name] = kish_ess(lw[m]) if np.isfinite(lw[m]).any() else 0.0
+        if ess[s.name] < MIN_STATE_ESS:
+            flags.append(f"Kish ESS within {s.name} is {ess[s.name]:.3g} (< {MIN_STATE_ESS}): too few weighted "
+                         "samples there")
     return _row(df, err, system.kT, model=str(proposal.path), n_samples=n, n_a=int(ma.sum()), n_b=int(mb.sum()),
-                ess_fraction=res.weights.ess_fraction,
-                ess_a=kish_ess(lw[ma]) if ma.any() else 0.0, ess_b=kish_ess(lw[mb]) if mb.any() else 0.0,
+                ess_fraction=res.weights.ess_fraction, ess_a=ess[a.name], ess_b=ess[b.name],
                 error="delta method (independent samples)", flags=flags)
 
 

@@ -242,6 +242,7 @@ FEP_SMALL = ["fep", "--system", "ala2", "--from", "C7eq_beta", "--to", "alpha_R"
              "--map-frames", 400, "--work-frames", 60, "--workers", 1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fep_command_end_to_end(tmp_path):
     from bgkit.md.dataset import load_dataset
@@ -308,6 +309,7 @@ def test_fep_states_file_errors(tmp_path):
     assert res.returncode == 1 and (mine / "keep.txt").read_text() == "precious"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fep_example_runs_with_small_settings(tmp_path):
     import subprocess

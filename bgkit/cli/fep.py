@@ -21,8 +21,9 @@ _STATES_HELP = ("Named states of a dipeptide (degrees; an arc runs counter-clock
 @click.option("--from", "state_from", required=True, help="State A (a name, see above, or one of --states).")
 @click.option("--to", "state_to", required=True, help="State B.")
 @click.option("--states", "states_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="YAML file of states: 'NAME: {phi1: [LO, HI], psi1: [LO, HI]}' in degrees, on the backbone "
-                   "dihedrals `bgkit systems show` lists (phi/psi for a dipeptide).")
+              help="YAML file of states: 'NAME: {phi1: [LO, HI], psi1: [LO, HI]}' in degrees, on backbone dihedrals "
+                   "phi<i>/psi<i> (i: 0-based residue index; phi/psi where one residue has both; a label the system "
+                   "lacks is reported with the system's list).")
 @click.option("--data", default=None, help="Dataset for counting and TFEP (default: the system's shipped MD).")
 @click.option("--reference", default=None,
               help="Reference dataset for the reference ΔF (default: the system's replica-exchange data md_rex "
