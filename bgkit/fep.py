@@ -38,6 +38,8 @@ METHODS = ("counting", "reweighting", "tfep")
 #: architecture of a TFEP map (NSF) and its training defaults; ``map_config`` overrides the latter
 MAP_HPARAMS = {"hidden": 128, "n_layers": 6}
 MAP_CONFIG = {"steps": 1000, "batch_size": 256, "lr": 1e-3}
+#: TFEP estimates are flagged when a state has fewer test frames (works) than this
+MIN_WORKS = 50
 #: reweighting is flagged when the Kish ESS of the samples within a state is below this
 MIN_STATE_ESS = 10.0
 #: the map moves the flow coordinates whose A and B marginals differ by more than this (1-D W1, flow units)
@@ -179,19 +181,23 @@ def _tfep(ds: Any, system: Any, a: State, b: State, work: Path, map_path: str | 
               "split": "test", "map": str(map_path or "map.pt"), "map_seconds": train_s,
               "left_state_forward": works.left_forward, "left_state_reverse": works.left_reverse,
               "nonfinite_energy_forward": works.nonfinite_forward, "nonfinite_energy_reverse": works.nonfinite_reverse}
+    few = [f"only {n} test frames of {s.name}: errors unreliable" for s, n in ((a, works.forward.size),
+                                                                            (b, works.reverse.size)) if n < MIN_WORKS]
     out = {}
     for name in ("exp_forward", "exp_reverse", "bar"):
         if name in failures:
-            out[f"tfep_{name}"] = {"dF_kT": None, "dF_err_kT": None, "flags": [failures[name]], **common}
+            out[f"tfep_{name}"] = {"dF_kT": None, "dF_err_kT": None, "flags": few + [failures[name]], **common}
             continue
         r = results[name]
-        flags = []
+        flags = list(few)
         err = max(boot[name], r.stderr_kt) if math.isfinite(r.stderr_kt) else boot[name]
         for direction, ess in (("forward", r.ess_fraction_forward), ("reverse", r.ess_fraction_reverse)):
             if math.isfinite(ess) and ess < 0.01:
                 flags.append(f"work overlap ESS/N {direction} {ess:.2g} < 0.01: estimate unreliable")
-        if name == "bar" and math.isfinite(r.hysteresis_kt) and abs(r.hysteresis_kt) > 3 * max(err, 1e-12):
-            flags.append(f"EXP forward and reverse differ by {r.hysteresis_kt:.3g} kT (> 3 errors): poor overlap")
+        exp_err = math.hypot(*(results[k].stderr_kt if k in results else math.inf for k in ("exp_forward", "exp_reverse")))
+        if name == "bar" and math.isfinite(r.hysteresis_kt) and abs(r.hysteresis_kt) > 3 * max(exp_err, 1e-12):
+            flags.append(f"EXP forward and reverse differ by {r.hysteresis_kt:.3g} kT (> 3 combined errors): "
+                         "poor overlap")
         out[f"tfep_{name}"] = _row(r.delta_f_kt, err, system.kT, dF_err_asymptotic_kT=r.stderr_kt,
                                    dF_err_block_bootstrap_kT=boot[name], ess_fraction_forward=r.ess_fraction_forward,
                                    ess_fraction_reverse=r.ess_fraction_reverse, hysteresis_kT=r.hysteresis_kt,
