@@ -288,7 +288,8 @@ def work_histograms(w_forward: Any, w_reverse: Any, report: dict[str, Any], out_
 
     With a perfect map both are a spike at ΔF; overlap of the two histograms is what BAR
     needs. ``report``: ``bgkit fep``'s fep.json content (``estimates``, ``reference``).
-    Non-finite works (mapped outside the target state) are counted in the title.
+    Non-finite works (mapped outside the target state) and finite ones outside the central 99 %
+    (the range shown) are counted in the title.
     Returns {"n_nonfinite_forward": .., "n_nonfinite_reverse": ..}.
     """
     wf = as_numpy(w_forward, "w_forward").reshape(-1)
@@ -299,7 +300,9 @@ def work_histograms(w_forward: Any, w_reverse: Any, report: dict[str, Any], out_
     fig = _figure(6.5, 4.2)
     ax = fig.subplots()
     finite = np.concatenate([wf[ok_f], wr[ok_r]])
-    edges = np.histogram_bin_edges(finite, bins=bins)
+    lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size > 1 else (finite[0] - 1, finite[0] + 1)
+    edges = np.linspace(lo, hi + 1e-9, bins + 1)
+    n_out = int(((finite < lo) | (finite > hi)).sum())
     ax.hist(wf[ok_f], bins=edges, density=True, alpha=0.5, color="tab:blue", label="W_F (samples of A)")
     ax.hist(wr[ok_r], bins=edges, density=True, alpha=0.5, color="tab:orange", label="−W_R (samples of B)")
     lines = [("reference", report.get("reference", {}), "black", "-")]
@@ -315,6 +318,7 @@ def work_histograms(w_forward: Any, w_reverse: Any, report: dict[str, Any], out_
     ax.legend(fontsize="small")
     ax.set_title(f"{report.get('system', '')} {report.get('from', 'A')} → {report.get('to', 'B')}: "
                  f"{int((~ok_f).sum())} of {wf.size} forward and {int((~ok_r).sum())} of {wr.size} reverse works "
-                 "infinite (mapped outside the state)", fontsize="small", wrap=True)
+                 f"infinite (mapped outside the state); {n_out} finite ones outside the 0.5–99.5 % range shown",
+                 fontsize="small", wrap=True)
     _save(fig, out_path)
     return {"n_nonfinite_forward": int((~ok_f).sum()), "n_nonfinite_reverse": int((~ok_r).sum())}
