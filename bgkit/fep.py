@@ -8,8 +8,9 @@ output folder (``fep.json``, ``works.png``, ``works.npz`` and, when trained here
 * ``counting``: counting in ``--data`` (default: the system's shipped MD), block-bootstrap error;
 * ``reweighting``: importance-weighted samples of the proposal (SNIS, delta-method error);
 * ``tfep``: a map M: A → B trained by RegFlow on exact-OT pairs between the train-split frames
-  of A and B (:mod:`bgkit.train.tfep`), works on the test-split frames (forward on A, reverse
-  on B), EXP both ways and BAR; errors from a bootstrap over contiguous time blocks of the works
+  of A and B (:mod:`bgkit.train.tfep`), works on the held-out frames (validation split, which
+  training only monitors, and test split; forward on A, reverse on B), EXP both ways and BAR;
+  errors from a bootstrap over contiguous time blocks of the works
   (MD frames are correlated), pymbar's asymptotic errors beside them.
 
 Sign convention: ΔF_AB = F_B − F_A = −ln(Z_B / Z_A) in kT, kcal/mol beside it.
@@ -151,11 +152,18 @@ def _tfep(ds: Any, system: Any, a: State, b: State, work: Path, map_path: str | 
     from bgkit.free_energy.tfep import LearnedMap, block_bootstrap, map_works, tfep_estimates
 
     frames = {}
-    for split, limit in (("test", work_frames),) + ((("train", map_frames), ("val", 2000)) if map_path is None else ()):
-        for s, key in ((a, "a"), (b, "b")):
+    for s, key in ((a, "a"), (b, "b")):
+        for split, limit in (("train", map_frames), ("val", None), ("test", None)):
             frames[split, key] = state_frames(ds, system, split, s, limit)
-            if not len(frames[split, key]) and split != "val":
-                raise BgkitError(f"state {s.name} has no frames in the {split} split of {ds.folder}: TFEP needs "
+        # works on the frames the map never fitted: validation (only monitored) and test, in time order
+        held_out = np.concatenate([frames["val", key], frames["test", key]])
+        if work_frames is not None and len(held_out) > work_frames:
+            held_out = held_out[np.linspace(0, len(held_out) - 1, work_frames).round().astype(int)]
+        frames["work", key] = held_out
+        for split in ("train", "work") if map_path is None else ("work",):
+            if not len(frames[split, key]):
+                where = "train split" if split == "train" else "validation and test splits"
+                raise BgkitError(f"state {s.name} has no frames in the {where} of {ds.folder}: TFEP needs "
                                  "samples of both states (use data that visit it, e.g. replica exchange)")
     t0 = time.time()
     if map_path is None:
@@ -163,7 +171,7 @@ def _tfep(ds: Any, system: Any, a: State, b: State, work: Path, map_path: str | 
 
         map_file = work / "map.pt"
         train_state_map(system, frames["train", "a"], frames["train", "b"], map_file, states_record, coords=coords,
-                        val_xyz=(frames["val", "a"], frames["val", "b"]), hparams=dict(MAP_HPARAMS),
+                        val_xyz=(frames["val", "a"][:2000], frames["val", "b"][:2000]), hparams=dict(MAP_HPARAMS),
                         config_overrides={**MAP_CONFIG, "seed": seed, **map_config},
                         progress=progress, record={"dataset": str(ds.folder), "split": "train"},
                         threshold=map_threshold)
@@ -173,15 +181,15 @@ def _tfep(ds: Any, system: Any, a: State, b: State, work: Path, map_path: str | 
     train_s = time.time() - t0
 
     with EnergyModel(system, n_workers=workers) as energy:
-        works = map_works(lmap, energy, lambda xyz, state: in_state(xyz, state, system), frames["test", "a"],
-                          frames["test", "b"], a, b)
+        works = map_works(lmap, energy, lambda xyz, state: in_state(xyz, state, system), frames["work", "a"],
+                          frames["work", "b"], a, b)
     results, failures = tfep_estimates(works.forward, works.reverse)
     boot = block_bootstrap(works.forward, works.reverse, seed=seed)
     common = {"n_a": int(works.forward.size), "n_b": int(works.reverse.size), "dataset": str(ds.folder),
-              "split": "test", "map": str(map_path or "map.pt"), "map_seconds": train_s,
+              "split": "val+test", "map": str(map_path or "map.pt"), "map_seconds": train_s,
               "left_state_forward": works.left_forward, "left_state_reverse": works.left_reverse,
               "nonfinite_energy_forward": works.nonfinite_forward, "nonfinite_energy_reverse": works.nonfinite_reverse}
-    few = [f"only {n} test frames of {s.name}: errors unreliable" for s, n in ((a, works.forward.size),
+    few = [f"only {n} held-out frames of {s.name}: errors unreliable" for s, n in ((a, works.forward.size),
                                                                             (b, works.reverse.size)) if n < MIN_WORKS]
     out = {}
     for name in ("exp_forward", "exp_reverse", "bar"):

@@ -341,3 +341,15 @@ def test_fep_refuses_a_proposal_as_map_before_any_work(tmp_path):
     assert_one_line_error(res, "not a TFEP map")
     res = bgkit("fep", "--system", "ala4", "--from", "C7eq_beta", "--to", "alpha_R", "--out", tmp_path / "o")
     assert_one_line_error(res, "unknown state", "--states")  # three residues with φ and ψ: no named states
+
+
+def test_work_histograms_count_the_infinite_works(tmp_path):
+    from bgkit.plots import work_histograms
+
+    w_f = np.array([0.1, 0.5, np.inf, 1.0, 2.0])
+    w_r = np.array([-0.2, 0.3, np.inf, np.inf])
+    report = {"estimates": {"tfep_bar": {"dF_kT": 0.4}}, "reference": {"dF_kT": None}}
+    assert work_histograms(w_f, w_r, report, tmp_path / "w.png") == {"n_nonfinite_forward": 1, "n_nonfinite_reverse": 2}
+    assert (tmp_path / "w.png").stat().st_size > 1000
+    with pytest.raises(BgkitError, match="no finite works"):
+        work_histograms(np.full(2, np.inf), np.full(2, np.inf), report, tmp_path / "x.png")

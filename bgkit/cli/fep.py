@@ -45,7 +45,8 @@ _STATES_HELP = ("Named states of a dipeptide (degrees; an arc runs counter-clock
 @click.option("--map-frames", type=int, default=20000, show_default=True,
               help="At most this many train-split frames per state for the map (evenly spaced).")
 @click.option("--work-frames", type=int, default=5000, show_default=True,
-              help="At most this many test-split frames per state for the works (evenly spaced).")
+              help="At most this many held-out frames (validation and test splits) per state for the works "
+                   "(evenly spaced).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of sampling, map training, bootstrap.")
 @click.option("--workers", type=int, default=None, help="Energy worker processes, >= 1 (default: all cores).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
