@@ -140,9 +140,19 @@ def state_frames(ds: Any, system: Any, split: str, state: State, limit: int | No
 
 
 def in_state(xyz: np.ndarray, state: State, system: Any) -> np.ndarray:
-    """Bool [n]: which frames [n, N, 3] (nm) of ``system`` lie in ``state``."""
+    """Bool [n]: which frames [n, N, 3] (nm) of ``system`` lie in ``state``.
+
+    A state is a set of conformations of this molecule: a frame whose Cα stereocentres are
+    mirrored (possible for a map in Cartesian coordinates) is in no state.
+    """
+    from bgkit.chirality import check_chirality, chiral_centres, chirality_signs
+
     angles, labels = _torsions(xyz, system)
-    return state.mask_torsions(angles, labels)
+    inside = state.mask_torsions(angles, labels)
+    quads = chiral_centres(system.topology)
+    if len(quads):
+        inside &= check_chirality(xyz, quads, chirality_signs(system.positions, quads)[0])
+    return inside
 
 
 def _tfep(ds: Any, system: Any, a: State, b: State, work: Path, map_path: str | None, coords: str,

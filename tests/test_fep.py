@@ -353,3 +353,13 @@ def test_work_histograms_count_the_infinite_works(tmp_path):
     assert (tmp_path / "w.png").stat().st_size > 1000
     with pytest.raises(BgkitError, match="no finite works"):
         work_histograms(np.full(2, np.inf), np.full(2, np.inf), report, tmp_path / "x.png")
+
+
+def test_a_mirrored_molecule_is_in_no_state():
+    from bgkit.fep import in_state
+    from bgkit.systems import load_system
+
+    system = load_system("ala2")
+    xyz = np.stack([system.positions, system.positions * np.array([-1.0, 1.0, 1.0])])  # a mirror image
+    whole = State("anything", phi=(-math.pi, math.pi))
+    assert in_state(xyz, whole, system).tolist() == [True, False]
