@@ -73,15 +73,6 @@ def default_reference(system: Any) -> Path | None:
     return folder if (folder / "dataset.json").is_file() else None
 
 
-def _load(path: str | os.PathLike, system: Any):
-    from bgkit.md.dataset import load_dataset
-
-    ds = load_dataset(path)
-    if ds.meta["topology_hash"] != system.topology_hash:
-        raise BgkitError(f"dataset {ds.folder} belongs to another topology than system '{system.name}'")
-    return ds
-
-
 def _kcal(value: float, kt_kj: float) -> float:
     return value * kt_kj / KJ_PER_KCAL
 
@@ -94,8 +85,7 @@ def _row(df: float, err: float, kt_kj: float, **more: Any) -> dict[str, Any]:
 def _counting(ds: Any, system: Any, a: State, b: State, seed: int) -> dict[str, Any]:
     from bgkit.free_energy.estimates import delta_f_counting
 
-    angles, labels = _torsions(ds.xyz, system)
-    ma, mb = a.mask_torsions(angles, labels), b.mask_torsions(angles, labels)
+    ma, mb = _masks(ds.xyz, system, a, b)
     df, err = delta_f_counting(ma, mb, n_blocks=20, seed=seed)
     flags = [f"state {s.name} never visited ({ds.n_frames} frames)" for s, m in ((a, ma), (b, mb)) if not m.any()]
     return _row(df, err, system.kT, dataset=str(ds.folder), frames=ds.n_frames, simulated_ns=ds.simulated_ns,
@@ -111,8 +101,7 @@ def _reweighting(system: Any, model: str | None, a: State, b: State, n: int, see
 
     proposal = load_proposal(system, model)
     res = draw(proposal, system, n=n, seed=seed, n_workers=workers, progress=progress)
-    angles, labels = _torsions(res.xyz, system)
-    ma, mb = a.mask_torsions(angles, labels), b.mask_torsions(angles, labels)
+    ma, mb = _masks(res.xyz, system, a, b)
     df, err = delta_f_reweighting(ma, mb, res.weights.log_w)
     lw = res.weights.log_w
     flags = []
@@ -132,15 +121,14 @@ def _reweighting(system: Any, model: str | None, a: State, b: State, n: int, see
 def state_frames(ds: Any, system: Any, split: str, state: State, limit: int | None) -> np.ndarray:
     """Frames of ``split`` inside ``state`` (time order), at most ``limit`` evenly spaced."""
     xyz = ds.split(split)
-    angles, labels = _torsions(xyz, system)
-    sel = np.flatnonzero(state.mask_torsions(angles, labels))
+    sel = np.flatnonzero(in_state(xyz, state, system))
     if limit is not None and sel.size > limit:
         sel = sel[np.linspace(0, sel.size - 1, limit).round().astype(int)]
     return np.asarray(xyz[sel], dtype=np.float64)
 
 
-def in_state(xyz: np.ndarray, state: State, system: Any) -> np.ndarray:
-    """Bool [n]: which frames [n, N, 3] (nm) of ``system`` lie in ``state``.
+def _masks(xyz: np.ndarray, system: Any, *states: State) -> list[np.ndarray]:
+    """Bool [n] per state: which frames [n, N, 3] (nm) of ``system`` lie in it (dihedrals computed once).
 
     A state is a set of conformations of this molecule: a frame whose Cα stereocentres are
     mirrored (possible for a map in Cartesian coordinates) is in no state.
@@ -148,11 +136,15 @@ def in_state(xyz: np.ndarray, state: State, system: Any) -> np.ndarray:
     from bgkit.chirality import check_chirality, chiral_centres, chirality_signs
 
     angles, labels = _torsions(xyz, system)
-    inside = state.mask_torsions(angles, labels)
     quads = chiral_centres(system.topology)
-    if len(quads):
-        inside &= check_chirality(xyz, quads, chirality_signs(system.positions, quads)[0])
-    return inside
+    right = (check_chirality(xyz, quads, chirality_signs(system.positions, quads)[0]) if len(quads)
+             else np.ones(len(angles), dtype=bool))
+    return [state.mask_torsions(angles, labels) & right for state in states]
+
+
+def in_state(xyz: np.ndarray, state: State, system: Any) -> np.ndarray:
+    """Bool [n]: which frames [n, N, 3] (nm) of ``system`` lie in ``state`` (mirror images lie in none)."""
+    return _masks(xyz, system, state)[0]
 
 
 def _tfep(ds: Any, system: Any, a: State, b: State, work: Path, map_path: str | None, coords: str,
@@ -236,6 +228,7 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
     ``map_threshold``: which coordinates the map moves (:func:`bgkit.train.tfep.select_dims`).
     A state never visited by the data is an error; estimates that cannot be trusted are flagged.
     """
+    from bgkit.md.dataset import load_dataset
     from bgkit.outputs import check_output_folder, replace_folder, write_marker
     from bgkit.provenance import provenance
     from bgkit.systems import load_system
@@ -263,7 +256,7 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
         if (trained.get("from"), trained.get("to")) != (a.name, b.name):
             map_flags.append(f"the map was trained for {trained.get('from')} -> {trained.get('to')}, not "
                              f"{a.name} -> {b.name} (TFEP stays exact for any map, but its variance grows)")
-    ds = _load(data or system.name, system)
+    ds = load_dataset(data or system.name, system)
     ref_path = reference or default_reference(system)
     record = {"from": a.name, "to": b.name, "definitions": {s.name: _definition(s) for s in (a, b)}}
     result: dict[str, Any] = {"system": system.name, "from": a.name, "to": b.name,
@@ -274,7 +267,7 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
     if counting["n_a"] == 0 or counting["n_b"] == 0:
         missing = a.name if counting["n_a"] == 0 else b.name
         raise BgkitError(f"state {missing} is never visited by the {ds.n_frames} frames of {ds.folder}")
-    ref = _counting(_load(ref_path, system), system, a, b, seed) if ref_path is not None else counting
+    ref = _counting(load_dataset(ref_path, system), system, a, b, seed) if ref_path is not None else counting
     result["reference"] = {**ref, "source": "replica-exchange / reference dataset" if ref_path else "--data (no "
                            "separate reference dataset)"}
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"

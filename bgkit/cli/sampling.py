@@ -101,9 +101,7 @@ def evaluate(system_name, model, n, seed, batch_size, device, workers, out, forc
 
     out = _sample_out(out, force, _prefix("evaluate", system_name))  # fail before reading data or sampling
     system = load_system(system_name)
-    dataset = load_dataset(data or system.folder)
-    if dataset.meta["topology_hash"] != system.topology_hash:
-        raise BgkitError(f"dataset {dataset.folder} belongs to another topology than system '{system_name}'")
+    dataset = load_dataset(data or system.folder, system)
     if nll_frames is not None and nll_frames < 1:
         raise BgkitError(f"--nll-frames must be >= 1, got {nll_frames}")
     dataset.xyz  # read (and check) the data now

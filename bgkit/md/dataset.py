@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -184,8 +185,18 @@ class Dataset:
         }
 
 
-def load_dataset(name_or_path: str | os.PathLike) -> Dataset:
-    """A dataset folder, or the shipped dataset of a system (``systems/<name>/md``)."""
+def load_dataset(name_or_path: str | os.PathLike, system: Any = None) -> Dataset:
+    """A dataset folder, or the shipped dataset of a system (``systems/<name>/md``).
+
+    With ``system`` (a bgkit System), a dataset simulated for another topology is refused.
+    """
+    ds = _find_dataset(name_or_path)
+    if system is not None and ds.meta["topology_hash"] != system.topology_hash:
+        raise BgkitError(f"dataset {ds.folder} was simulated for another topology than system '{system.name}'")
+    return ds
+
+
+def _find_dataset(name_or_path: str | os.PathLike) -> Dataset:
     path = Path(name_or_path)
     if path.is_dir():
         if (path / "dataset.json").is_file():

@@ -86,13 +86,7 @@ def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: in
 def _datasets(data: str | list[str] | None, system: Any) -> list[Dataset]:
     """The training datasets (default: the system's shipped data), each checked against the system's topology."""
     names = [data] if isinstance(data, (str, Path)) else list(data or [system.name])
-    out = []
-    for name in names:
-        ds = load_dataset(name)
-        if ds.meta["topology_hash"] != system.topology_hash:
-            raise BgkitError(f"dataset {ds.folder} was simulated for another topology than system '{system.name}'")
-        out.append(ds)
-    return out
+    return [load_dataset(name, system) for name in names]
 
 
 def train_proposal(system: str, arch: str, objective: str, out: str | Path, targets: str | None = None,
