@@ -21,10 +21,11 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import torch
 
 from bgkit import BgkitError
 
-__all__ = ["terminal_groups", "equivalent_groups", "align_groups"]
+__all__ = ["terminal_groups", "equivalent_groups", "align_groups", "rotor_groups", "RotorRelabel"]
 
 
 def terminal_groups(system, exclude_last: bool = True) -> list[list[int]]:
@@ -55,20 +56,21 @@ def terminal_groups(system, exclude_last: bool = True) -> list[list[int]]:
     return [sorted(g) for _, g in sorted(by_key.items()) if len(g) >= 2]
 
 
-def equivalent_groups(system, frames: np.ndarray, atol_kt: float = 1e-3,
-                      rtol: float = 1e-6) -> tuple[list[list[int]], list[list[int]]]:
+def equivalent_groups(system, frames: np.ndarray, atol_kt: float = 1e-3, rtol: float = 1e-6,
+                      exclude_last: bool = True) -> tuple[list[list[int]], list[list[int]]]:
     """The terminal groups whose label swaps leave the reduced energy unchanged.
 
     Args:
         system: a bgkit System.
         frames: [F, N, 3] nm, a few real frames (energies are compared on each).
         atol_kt, rtol: tolerance |u(πx) − u(x)| <= atol_kt + rtol·|u(x)| (kT).
+        exclude_last: as in :func:`terminal_groups`.
     Returns:
         (equivalent, rejected) lists of groups.
     """
     from bgkit.energy import EnergyModel
 
-    groups = terminal_groups(system)
+    groups = terminal_groups(system, exclude_last=exclude_last)
     frames = np.asarray(frames, dtype=np.float64)
     if frames.ndim != 3 or frames.shape[1:] != (system.n_atoms, 3) or len(frames) == 0:
         raise BgkitError(f"equivalent_groups needs frames [F, {system.n_atoms}, 3], got {frames.shape}")
@@ -122,3 +124,56 @@ def align_groups(x0: np.ndarray, x1: np.ndarray, groups: list[list[int]]) -> tup
         out[:, g] = np.take_along_axis(out, src[:, :, None].repeat(3, axis=2), axis=1)
         changed |= best != 0
     return out.reshape(n, 3 * m), int(changed.sum())
+
+
+def rotor_groups(system, frames: np.ndarray) -> list[list[int]]:
+    """Groups of three equivalent terminal atoms on one centre (methyl, NH3+ hydrogens), energy-checked.
+
+    Rotating such a group by 120° about its bond relabels its atoms cyclically; u(x)
+    is unchanged (checked with OpenMM on ``frames`` [F, N, 3] nm), so the Boltzmann
+    distribution is invariant under these relabellings. All atoms are included (the
+    internal representation has no implied last atom).
+    """
+    ok, _ = equivalent_groups(system, frames, exclude_last=False)
+    return [g for g in ok if len(g) == 3]
+
+
+class RotorRelabel:
+    """Training augmentation: each frame's rotor groups relabelled by an independent random cyclic shift.
+
+    A cyclic shift of a methyl's three hydrogens is a rotation by 0, 120 or 240° about
+    its C–C bond: it keeps the handedness, so the relabelled frame stays inside an
+    internal representation's support (bounded stereo offsets), and it leaves u(x)
+    unchanged. MD frames relabelled this way are still Boltzmann samples; the flow sees
+    3^(number of rotors) labelled copies of each frame and learns a density that is
+    (nearly) invariant under the relabelling, as the target is. Measured on ala2 without it: log q of
+    the 27 relabelled copies of a test frame spread by 0.64 nats (std), noise that goes straight into the
+    importance weights (docs/methods.md).
+
+    Called on a frames batch ``(y,)``, y [B, D] flow vectors of ``rep``; returns ``(y',)``.
+    Rows whose relabelled frame falls outside the support (not expected) are kept unchanged.
+    """
+
+    def __init__(self, rep, groups: list[list[int]]):
+        self.rep = rep
+        self.groups = [list(map(int, g)) for g in groups]
+        if any(len(g) != 3 for g in self.groups):
+            raise BgkitError(f"rotor groups must have three atoms, got {self.groups}")
+
+    def __call__(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if len(batch) != 1:
+            raise BgkitError("rotor relabelling augments frame batches (y,), not RegFlow pairs")
+        (y,) = batch
+        if not self.groups:
+            return batch
+        x, _ = self.rep.from_flow(y.to(torch.float64))
+        b, n = x.shape[0], x.shape[1]
+        perm = torch.arange(n, device=x.device).repeat(b, 1)
+        for g in self.groups:
+            g = torch.as_tensor(g, device=x.device)
+            shift = torch.randint(0, 3, (b, 1), device=x.device)
+            perm[:, g] = g[(torch.arange(3, device=x.device) + shift) % 3]
+        x = torch.take_along_dim(x, perm[:, :, None].expand(-1, -1, 3), dim=1)
+        out, _ = self.rep.to_flow(x)
+        keep = torch.isfinite(out).all(-1, keepdim=True)
+        return (torch.where(keep, out.to(y.dtype), y),)

@@ -178,3 +178,20 @@ def test_training_on_several_datasets_joins_their_splits(tmp_path) -> None:
     res = bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "mle", "--data", folders[0],
                 "--data", str(load_system("ala3").folder / "md"), "--steps", 2, "--out", tmp_path / "x.pt")
     assert res.returncode == 1 and "another topology" in res.stderr and not (tmp_path / "x.pt").exists()
+
+
+def test_rotor_augmented_training_records_the_methyl_groups(runs, tmp_path) -> None:
+    """`--rotor-augment`: the checkpoint names the three ala2 methyls; RegFlow pairs refuse it in one line."""
+    from bgkit.checkpoint import load_checkpoint
+
+    out = tmp_path / "rot.pt"
+    res = bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "mle", "--coords", "internal",
+                "--rotor-augment", "--max-frames", 300, "--steps", 3, "--batch-size", 16,
+                "--hparams", '{"hidden": 8, "n_layers": 2}', "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert load_checkpoint(out)["extra"]["training"]["rotor_groups"] == [[1, 2, 3], [13, 14, 15], [19, 20, 21]]
+    root, _ = runs
+    res = bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "regflow", "--targets", root / "t.npz",
+                "--rotor-augment", "--steps", 3, "--out", tmp_path / "x.pt")
+    assert_one_line_error(res, "--rotor-augment")
+    assert not (tmp_path / "x.pt").exists()

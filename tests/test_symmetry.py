@@ -104,3 +104,40 @@ def test_ot_targets_record_and_apply_the_alignment(tmp_path):
     expected, _ = align_groups(p.x0, p.x1, terminal_groups(s))
     np.testing.assert_array_equal(a.x1, expected)
     assert a.provenance["relabelled_pairs"] > 0
+
+
+def test_rotor_relabelling_is_a_random_cyclic_shift_of_each_methyl_with_the_same_energy():
+    """Each augmented frame is the original with every methyl's hydrogens cyclically relabelled (all three
+    shifts occur, never a transposition, no other atom moves relative to the rest), at identical OpenMM energy."""
+    from bgkit.coords import InternalCoords
+    from bgkit.symmetry import RotorRelabel, rotor_groups
+
+    s = load_system("ala2")
+    ds = load_dataset("ala2")
+    xyz = ds.xyz[:: len(ds.xyz) // 300][:300].astype(np.float64)
+    groups = rotor_groups(s, xyz[:3])
+    assert _names(s, groups) == [["ACE:H1", "ACE:H2", "ACE:H3"], ["ALA:HB1", "ALA:HB2", "ALA:HB3"],
+                                 ["NME:H1", "NME:H2", "NME:H3"]]
+    rep = InternalCoords.fit(xyz, s)
+    y = rep.to_flow(torch.as_tensor(xyz))[0]
+    torch.manual_seed(0)
+    (y_aug,) = RotorRelabel(rep, groups)((y,))
+    assert y_aug.shape == y.shape and torch.isfinite(y_aug).all()
+    x = rep.from_flow(y)[0].numpy()
+    x_aug = rep.from_flow(y_aug)[0].numpy()
+    d = np.linalg.norm(x[:, :, None] - x[:, None], axis=-1)
+    d_aug = np.linalg.norm(x_aug[:, :, None] - x_aug[:, None], axis=-1)
+    seen = set()
+    for i in range(len(x)):  # brute force over the 27 cyclic relabellings: exactly one reproduces every distance
+        matches = []
+        for shifts in itertools.product(range(3), repeat=len(groups)):
+            perm = np.arange(s.n_atoms)
+            for g, k in zip(groups, shifts):
+                perm[g] = [g[(j + k) % 3] for j in range(3)]
+            if np.abs(d_aug[i] - d[i][np.ix_(perm, perm)]).max() < 1e-6:
+                matches.append(shifts)
+        assert len(matches) == 1, (i, matches)
+        seen.update(enumerate(matches[0]))
+    assert seen == {(j, k) for j in range(3) for k in range(3)}
+    with EnergyModel(s, n_workers=1) as model:
+        np.testing.assert_allclose(model(x_aug), model(x), rtol=1e-7, atol=1e-5)

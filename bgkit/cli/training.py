@@ -131,8 +131,11 @@ def _choices(kind: str) -> list[str]:
               help="RegFlow regulariser: forward-backward inverse consistency (fb), squared log-det (logdet) or none.")
 @click.option("--reg-weight", type=float, default=1e-6, show_default=True, help="Weight of the --reg term.")
 @click.option("--noise", type=float, default=0.0, show_default=True, help="RegFlow target noise std (flow units).")
+@click.option("--rotor-augment", is_flag=True,
+              help="mle/kl: relabel each training frame's methyl hydrogens by a random 120° rotation (an exact "
+                   "symmetry of u; the flow learns a relabelling-invariant density).")
 @_with_options(_train_options)
-def train(arch, objective, targets_path, coords, init, kl_weight, energy_workers, reg, reg_weight, noise,
+def train(arch, objective, targets_path, coords, init, kl_weight, energy_workers, reg, reg_weight, noise, rotor_augment,
           system_name, data, steps, batch_size, lr, hparams, max_frames, seed, max_seconds, device, out, resume,
           force) -> None:
     """Train a flow; the checkpoint --out is a self-contained proposal."""
@@ -145,7 +148,8 @@ def train(arch, objective, targets_path, coords, init, kl_weight, energy_workers
     if objective == "kl":
         config["kl_weight"] = kl_weight
     _run_training(system_name, arch, objective, out, resume, force, hparams, steps, config, targets=targets_path,
-                  data=data, max_frames=max_frames, coords=coords, init=init, energy_workers=energy_workers)
+                  data=data, max_frames=max_frames, coords=coords, init=init, energy_workers=energy_workers,
+                  rotor_augment=rotor_augment)
 
 
 @click.group(cls=_Group)

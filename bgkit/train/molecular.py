@@ -92,7 +92,8 @@ def _datasets(data: str | list[str] | None, system: Any) -> list[Dataset]:
 def train_proposal(system: str, arch: str, objective: str, out: str | Path, targets: str | None = None,
                    data: str | list[str] | None = None, max_frames: int | None = None, hparams: dict | None = None,
                    config_overrides: dict | None = None, resume: bool = False, progress: bool = True,
-                   coords: str | None = None, init: str | Path | None = None, energy_workers: int = 1):
+                   coords: str | None = None, init: str | Path | None = None, energy_workers: int = 1,
+                   rotor_augment: bool = False):
     """Train a flow for ``system``; the checkpoint is a proposal.
 
     objective: a name of :data:`bgkit.train.objectives.OBJECTIVES` — "regflow" (regression onto
@@ -105,6 +106,8 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
     file (an explicit, different ``coords`` is an error); MLE and KL fit it on the train frames
     (default "cartesian"). ``init``: start from the weights and representation of this proposal or
     checkpoint (same architecture; its hyperparameters are used), e.g. KL fine-tuning of an MLE flow.
+    ``rotor_augment`` (frame objectives): relabel the hydrogens of every methyl (and NH3+) group of
+    each training frame by a random cyclic shift (:class:`bgkit.symmetry.RotorRelabel`).
     """
     from bgkit.flows import build_flow
     from bgkit.train.config import TrainConfig
@@ -163,6 +166,14 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         val_data = torch.as_tensor(to_flow_space(rep, val_xyz)).float()
         n_train = len(xyz)
         targets_record = None
+    augment, rotors = rep.augment, []
+    if rotor_augment:
+        if spec.pairs:
+            raise BgkitError("--rotor-augment relabels training frames; RegFlow pairs are fixed by their targets")
+        from bgkit.symmetry import RotorRelabel, rotor_groups
+
+        rotors = rotor_groups(sys_, xyz[np.linspace(0, len(xyz) - 1, 4).round().astype(int)])
+        augment = _compose(RotorRelabel(rep, rotors), rep.augment)
     hp = dict(start.info["hparams"]) if start is not None else dict(hparams or {})
     if rep.periodic:
         if arch == "tarflow":
@@ -181,19 +192,24 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
                      "dataset": str(datasets[0].folder) if len(datasets) == 1 else [str(d.folder) for d in datasets],
                      "dataset_frames": sum(d.n_frames for d in datasets), "train_frames": n_train, "targets": targets,
                      "targets_provenance": targets_record, "objective": objective, "arch": arch, "coords": rep.kind,
-                     "init": str(init) if init is not None else None,
+                     "init": str(init) if init is not None else None, "rotor_groups": rotors,
                      "init_training": start.info.get("training") if start is not None else None},
     }
     if not spec.energy:
-        return train(flow, train_data, val_data, cfg, out, resume=resume, augment=rep.augment,
+        return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
                      extra_checkpoint=extra, progress=progress)
     from bgkit.energy import EnergyModel
     from bgkit.train.kl import BoltzmannTarget
 
     with EnergyModel(sys_, n_workers=energy_workers) as model:
         target = BoltzmannTarget(rep, model.torch_energy, cfg.kl_energy_cap)
-        return train(flow, train_data, val_data, cfg, out, resume=resume, augment=rep.augment,
+        return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
                      extra_checkpoint=extra, progress=progress, target=target)
+
+
+def _compose(first, then):
+    """``then(first(batch))``; ``then`` may be None."""
+    return first if then is None else (lambda batch: then(first(batch)))
 
 
 def _initial_proposal(init: str | Path, system: Any, arch: str, coords: str | None):
