@@ -35,13 +35,18 @@ PRINTED_METRICS = ("ess", "ess_fraction", "ess_fraction_clipped", "e_w2_proposal
 FIGURES = ("ramachandran.png", "energies.png", "log_weights.png")
 
 
-def torsions(xyz: np.ndarray, system: System) -> np.ndarray:
-    """All backbone φ and ψ (rad), [n, k]."""
+def labelled_torsions(xyz: np.ndarray, system: System) -> tuple[np.ndarray, list[str]]:
+    """All backbone φ and ψ (rad) of frames xyz [n, N, 3] nm: ([n, k], their k labels such as "phi1")."""
     import mdtraj
 
     from bgkit.metrics import backbone_torsions
 
-    return backbone_torsions(mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), system.topology))[0]
+    return backbone_torsions(mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), system.topology))
+
+
+def torsions(xyz: np.ndarray, system: System) -> np.ndarray:
+    """All backbone φ and ψ (rad), [n, k]."""
+    return labelled_torsions(xyz, system)[0]
 
 
 def pairs(xyz: np.ndarray, system: System) -> tuple[np.ndarray, np.ndarray, list[str]]:

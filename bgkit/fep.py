@@ -48,17 +48,11 @@ MAP_THRESHOLD = 1.0
 KJ_PER_KCAL = 4.184
 
 
-def _torsions(xyz: np.ndarray, system: Any) -> tuple[np.ndarray, list[str]]:
-    import mdtraj
-
-    from bgkit.metrics import backbone_torsions
-
-    return backbone_torsions(mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), system.topology))
-
-
 def system_states(system: Any, states_file: str | os.PathLike | None = None) -> dict[str, State]:
     """Named states of ``system`` (a dipeptide's ALA2_STATES) plus those of a YAML file (which win)."""
-    _, labels = _torsions(system.positions[None], system)
+    from bgkit.evaluate import labelled_torsions
+
+    _, labels = labelled_torsions(system.positions[None], system)
     states = named_states(labels)
     if states_file is not None:
         states.update(load_states(states_file))
@@ -134,8 +128,9 @@ def _masks(xyz: np.ndarray, system: Any, *states: State) -> list[np.ndarray]:
     mirrored (possible for a map in Cartesian coordinates) is in no state.
     """
     from bgkit.chirality import check_chirality, chiral_centres, chirality_signs
+    from bgkit.evaluate import labelled_torsions
 
-    angles, labels = _torsions(xyz, system)
+    angles, labels = labelled_torsions(xyz, system)
     quads = chiral_centres(system.topology)
     right = (check_chirality(xyz, quads, chirality_signs(system.positions, quads)[0]) if len(quads)
              else np.ones(len(angles), dtype=bool))

@@ -181,7 +181,8 @@ def test_training_on_several_datasets_joins_their_splits(tmp_path) -> None:
 
 
 def test_rotor_augmented_training_records_the_methyl_groups(runs, tmp_path) -> None:
-    """`--rotor-augment`: the checkpoint names the three ala2 methyls; RegFlow pairs refuse it in one line."""
+    """`--rotor-augment` (train and teacher train): the checkpoint names the three ala2 methyls; RegFlow pairs
+    refuse it in one line."""
     from bgkit.checkpoint import load_checkpoint
 
     out = tmp_path / "rot.pt"
@@ -190,6 +191,10 @@ def test_rotor_augmented_training_records_the_methyl_groups(runs, tmp_path) -> N
                 "--hparams", '{"hidden": 8, "n_layers": 2}', "--out", out)
     assert res.returncode == 0, res.stderr
     assert load_checkpoint(out)["extra"]["training"]["rotor_groups"] == [[1, 2, 3], [13, 14, 15], [19, 20, 21]]
+    res = bgkit("teacher", "train", "--system", "ala2", "--rotor-augment", "--max-frames", 300, "--steps", 2,
+                "--batch-size", 16, "--hparams", '{"hidden": 16, "n_blocks": 1}', "--out", tmp_path / "t.pt")
+    assert res.returncode == 0, res.stderr
+    assert len(load_checkpoint(tmp_path / "t.pt")["extra"]["training"]["rotor_groups"]) == 3
     root, _ = runs
     res = bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "regflow", "--targets", root / "t.npz",
                 "--rotor-augment", "--steps", 3, "--out", tmp_path / "x.pt")

@@ -115,6 +115,12 @@ def _choices(kind: str) -> list[str]:
     return list(TEACHER_OBJECTIVES if kind == "cnf" else FLOW_OBJECTIVES)
 
 
+_ROTOR_AUGMENT = click.option(
+    "--rotor-augment", is_flag=True,
+    help="Relabel each training frame's methyl hydrogens by a random 120° rotation whenever it is drawn (an exact "
+         "symmetry of u; the flow learns a relabelling-invariant density). Frame objectives only, not regflow.")
+
+
 @click.command()
 @click.option("--arch", type=click.Choice(list(FLOW_ARCHITECTURES)), required=True, help="Flow architecture.")
 @click.option("--objective", type=click.Choice(_choices("flow")), required=True, help=_objective_help(_choices("flow")))
@@ -131,9 +137,7 @@ def _choices(kind: str) -> list[str]:
               help="RegFlow regulariser: forward-backward inverse consistency (fb), squared log-det (logdet) or none.")
 @click.option("--reg-weight", type=float, default=1e-6, show_default=True, help="Weight of the --reg term.")
 @click.option("--noise", type=float, default=0.0, show_default=True, help="RegFlow target noise std (flow units).")
-@click.option("--rotor-augment", is_flag=True,
-              help="mle/kl: relabel each training frame's methyl hydrogens by a random 120° rotation (an exact "
-                   "symmetry of u; the flow learns a relabelling-invariant density).")
+@_ROTOR_AUGMENT
 @_with_options(_train_options)
 def train(arch, objective, targets_path, coords, init, kl_weight, energy_workers, reg, reg_weight, noise, rotor_augment,
           system_name, data, steps, batch_size, lr, hparams, max_frames, seed, max_seconds, device, out, resume,
@@ -166,14 +170,15 @@ def teacher() -> None:
               help="wcfm: temperature eps = kappa * sqrt(D) of the pair weights exp(-|x1 - x0| / eps).")
 @click.option("--fdm-weight", type=float, default=0.01, show_default=True,
               help="fdm: weight of the conditional continuity residual (the CFM term has weight 1).")
+@_ROTOR_AUGMENT
 @_with_options(_train_options)
-def teacher_train(objective, coords, wcfm_kappa, fdm_weight, system_name, data, steps, batch_size, lr, hparams,
+def teacher_train(objective, coords, wcfm_kappa, fdm_weight, rotor_augment, system_name, data, steps, batch_size, lr, hparams,
                   max_frames, seed, max_seconds, device, out, resume, force) -> None:
     """Train a CNF teacher by flow matching on the system's MD frames; --out is a checkpoint and a proposal."""
     config = {"batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "max_seconds": max_seconds,
               "wcfm_kappa": wcfm_kappa, "fdm_cdm_weight": fdm_weight}
     _run_training(system_name, "cnf", objective, out, resume, force, hparams, steps, config, data=data,
-                  max_frames=max_frames, coords=coords)
+                  max_frames=max_frames, coords=coords, rotor_augment=rotor_augment)
 
 
 @click.command()
