@@ -115,10 +115,14 @@ def _reweighting(system: Any, model: str | None, a: State, b: State, n: int, see
 def state_frames(ds: Any, system: Any, split: str, state: State, limit: int | None) -> np.ndarray:
     """Frames of ``split`` inside ``state`` (time order), at most ``limit`` evenly spaced."""
     xyz = ds.split(split)
-    sel = np.flatnonzero(in_state(xyz, state, system))
-    if limit is not None and sel.size > limit:
-        sel = sel[np.linspace(0, sel.size - 1, limit).round().astype(int)]
-    return np.asarray(xyz[sel], dtype=np.float64)
+    return _evenly(xyz[in_state(xyz, state, system)], limit)
+
+
+def _evenly(xyz: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most ``limit`` evenly spaced frames of xyz [n, N, 3] (all if None), float64."""
+    if limit is not None and len(xyz) > limit:
+        xyz = xyz[np.linspace(0, len(xyz) - 1, limit).round().astype(int)]
+    return np.asarray(xyz, dtype=np.float64)
 
 
 def _masks(xyz: np.ndarray, system: Any, *states: State) -> list[np.ndarray]:
@@ -149,14 +153,13 @@ def _tfep(ds: Any, system: Any, a: State, b: State, work: Path, map_path: str | 
     from bgkit.free_energy.tfep import LearnedMap, block_bootstrap, map_works, tfep_estimates
 
     frames = {}
+    for split, limit in ((("train", map_frames),) if map_path is None else ()) + (("val", None), ("test", None)):
+        xyz = ds.split(split)  # dihedrals once per split, for both states
+        for key, mask in zip("ab", _masks(xyz, system, a, b)):
+            frames[split, key] = _evenly(xyz[mask], limit)
     for s, key in ((a, "a"), (b, "b")):
-        for split, limit in (("train", map_frames), ("val", None), ("test", None)):
-            frames[split, key] = state_frames(ds, system, split, s, limit)
         # works on the frames the map never fitted: validation (only monitored) and test, in time order
-        held_out = np.concatenate([frames["val", key], frames["test", key]])
-        if work_frames is not None and len(held_out) > work_frames:
-            held_out = held_out[np.linspace(0, len(held_out) - 1, work_frames).round().astype(int)]
-        frames["work", key] = held_out
+        frames["work", key] = _evenly(np.concatenate([frames["val", key], frames["test", key]]), work_frames)
         for split in ("train", "work") if map_path is None else ("work",):
             if not len(frames[split, key]):
                 where = "train split" if split == "train" else "validation and test splits"
