@@ -200,3 +200,19 @@ def test_rotor_augmented_training_records_the_methyl_groups(runs, tmp_path) -> N
                 "--rotor-augment", "--steps", 3, "--out", tmp_path / "x.pt")
     assert_one_line_error(res, "--rotor-augment")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_resume_refuses_a_different_rotor_relabelling(tmp_path) -> None:
+    """A run trained with --rotor-augment cannot be resumed without it (nor the reverse): one line, file kept."""
+    args = ("train", "--system", "ala2", "--arch", "nsf", "--objective", "mle", "--coords", "internal",
+            "--max-frames", 300, "--batch-size", 16, "--hparams", '{"hidden": 8, "n_layers": 2}')
+    for first, then in ((("--rotor-augment",), ()), ((), ("--rotor-augment",))):
+        out = tmp_path / f"r{len(first)}.pt"
+        res = bgkit(*args, *first, "--steps", 2, "--out", out)
+        assert res.returncode == 0, res.stderr
+        before = out.read_bytes()
+        res = bgkit(*args, *then, "--steps", 4, "--resume", "--out", out)
+        assert_one_line_error(res, "--rotor-augment")
+        assert out.read_bytes() == before
+    res = bgkit(*args, "--rotor-augment", "--steps", 4, "--resume", "--out", tmp_path / "r1.pt")
+    assert res.returncode == 0, res.stderr

@@ -174,6 +174,8 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
 
         rotors = rotor_groups(sys_, xyz[np.linspace(0, len(xyz) - 1, 4).round().astype(int)])
         augment = _compose(RotorRelabel(rep, rotors), rep.augment)
+    if resume and Path(out).exists():
+        _check_resumed_rotors(Path(out), rotors)
     hp = dict(start.info["hparams"]) if start is not None else dict(hparams or {})
     if rep.periodic:
         if arch == "tarflow":
@@ -205,6 +207,17 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         target = BoltzmannTarget(rep, model.torch_energy, cfg.kl_energy_cap)
         return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
                      extra_checkpoint=extra, progress=progress, target=target)
+
+
+def _check_resumed_rotors(path: Path, rotors: list) -> None:
+    """Refuse to resume a run whose rotor relabelling (``--rotor-augment``) differs from this call's."""
+    from bgkit.checkpoint import load_checkpoint
+
+    before = ((load_checkpoint(path).get("extra") or {}).get("training") or {}).get("rotor_groups") or []
+    if [list(map(int, g)) for g in before] != [list(map(int, g)) for g in rotors]:
+        said = "with --rotor-augment" if before else "without --rotor-augment"
+        raise BgkitError(f"cannot resume from {path}: it was trained {said}; repeat the run's options "
+                         f"(its command is in the checkpoint)")
 
 
 def _compose(first, then):
