@@ -227,7 +227,7 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
     A state never visited by the data is an error; estimates that cannot be trusted are flagged.
     """
     from bgkit.md.dataset import load_dataset
-    from bgkit.outputs import check_output_folder, replace_folder, write_marker
+    from bgkit.outputs import check_output_folder, partial_folder, replace_folder, write_marker
     from bgkit.provenance import provenance
     from bgkit.systems import load_system
 
@@ -268,10 +268,7 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
     ref = _counting(load_dataset(ref_path, system), system, a, b, seed) if ref_path is not None else counting
     result["reference"] = {**ref, "source": "replica-exchange / reference dataset" if ref_path else "--data (no "
                            "separate reference dataset)"}
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = partial_folder(out)
     arrays: dict[str, np.ndarray] = {}
     try:
         if "counting" in methods:

@@ -121,6 +121,37 @@ def foreign_content(folder: str | os.PathLike) -> str | None:
     return None
 
 
+def partial_folder(out: str | os.PathLike) -> Path:
+    """A fresh, empty working folder ``.NAME.partial-PID`` beside ``out``, to be moved onto it by
+    :func:`replace_folder` once complete.
+
+    Leftovers of earlier runs that were killed (``.NAME.partial-PID`` and ``.NAME.old-PID`` of
+    processes that no longer exist) are removed first; those of running processes are left alone.
+    """
+    out = Path(out)
+    prefix = f".{out.name}."
+    for entry in out.parent.iterdir() if out.parent.is_dir() else ():
+        kind, _, pid = entry.name[len(prefix):].rpartition("-")
+        if (entry.name.startswith(prefix) and kind in ("partial", "old") and pid.isdigit()
+                and not _running(int(pid))):
+            shutil.rmtree(entry, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike, force: bool, option: str = "--out") -> Path:
     """Move the complete folder ``tmp`` to ``out``, replacing an existing ``out`` only as the rules allow.
 

@@ -198,15 +198,12 @@ def write_sample_folder(result: SampleResult, system: System, out: str | Path, f
     """
     import mdtraj
 
-    from bgkit.outputs import check_output_folder, replace_folder, write_marker
+    from bgkit.outputs import check_output_folder, partial_folder, replace_folder, write_marker
     from bgkit.provenance import provenance
 
     out = Path(os.path.abspath(out))
     check_output_folder(out, force)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = partial_folder(out)
     try:
         mdtraj.Trajectory(result.xyz.astype(np.float32), system.topology).save_hdf5(str(tmp / "samples.h5"))
         np.savez(tmp / "weights.npz", log_q=result.log_q, energy_kt=result.energy_kt, log_w=result.weights.log_w,

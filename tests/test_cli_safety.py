@@ -17,7 +17,8 @@ import pytest
 from _cli_helpers import REPO, assert_one_line_error, bgkit
 
 from bgkit import BgkitError
-from bgkit.outputs import MARKER, check_output_file, check_output_folder, foreign_content, protected, write_marker
+from bgkit.outputs import (MARKER, check_output_file, check_output_folder, foreign_content, partial_folder, protected,
+                           write_marker)
 
 SAMPLE = ["sample", "--system", "ala2", "--n", 20, "--batch-size", 20, "--workers", 1]
 
@@ -113,6 +114,38 @@ def test_output_rules_as_functions(tmp_path, monkeypatch):
         check_output_file(bg, force=True)
     with pytest.raises(BgkitError, match="not a folder"):
         check_output_file(f / "x.npy", force=True)
+
+
+def test_leftovers_of_killed_runs_are_removed_and_those_of_running_ones_kept(tmp_path):
+    """A run killed with SIGKILL leaves .NAME.partial-PID behind; the next run beside it removes it."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(gone.stdout), os.getppid()
+    out = tmp_path / "s"
+    stale = [tmp_path / f".s.partial-{dead}", tmp_path / f".s.old-{dead}"]
+    kept = [tmp_path / f".s.partial-{alive}", tmp_path / f".other.partial-{dead}", tmp_path / f".s.partial-x{dead}"]
+    for folder in stale + kept:
+        folder.mkdir()
+        (folder / "half.npz").write_bytes(b"x")
+    tmp = partial_folder(out)
+    assert tmp == tmp_path / f".s.partial-{os.getpid()}" and tmp.is_dir() and not any(tmp.iterdir())
+    assert not any(f.exists() for f in stale)
+    assert all((f / "half.npz").exists() for f in kept)
+
+
+@pytest.mark.slow
+def test_a_sample_run_after_a_killed_one_leaves_no_partial_folder(tmp_path):
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    (tmp_path / f".s.partial-{dead}").mkdir()
+    res = bgkit(*SAMPLE, "--out", tmp_path / "s")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
 # ---------------------------------------------- item 13: unwritable outputs
