@@ -4,6 +4,8 @@ Metrics (definitions: docs/methods.md, "Metrics"): Kish ESS; E-W2 (kT) of the ra
 of the resampled set against the MD test energies; T-W2 (rad) over all
 backbone φ/ψ, exact OT on up to 10k vs 10k samples; NLL of the test frames
 (nats per sample, density in nm^-(3N-3) on the centroid-free subspace);
+the spread (std, nats) of the log-weight −u/kT − log q over those test frames, a pointwise measure of
+the proposal's density error that, unlike the ESS, does not hinge on a few heavy samples;
 samples/s of drawing + energies. "Resampled" follows the published recipe: the top
 0.2 % of log-weights are dropped before resampling; the same metrics from
 unclipped weights are reported beside them (``*_resampled_unclipped``): when the
@@ -30,7 +32,7 @@ from bgkit.systems import System
 #: metrics that ``bgkit evaluate`` prints, in order
 PRINTED_METRICS = ("ess", "ess_fraction", "ess_fraction_clipped", "e_w2_proposal", "e_w2_resampled",
                    "e_w2_resampled_unclipped", "t_w2_proposal", "t_w2_resampled", "t_w2_resampled_unclipped",
-                   "nll_test", "samples_per_second")
+                   "nll_test", "log_w_std_test", "samples_per_second")
 #: the figures :func:`write_figures` draws into an evaluation folder
 FIGURES = ("ramachandran.png", "energies.png", "log_weights.png")
 
@@ -87,6 +89,8 @@ def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, 
     if nll_frames is not None and nll_frames < len(test_xyz):
         nll_idx = np.linspace(0, len(test_xyz) - 1, nll_frames).round().astype(int)
     log_q_test = proposal.log_prob(test_xyz[nll_idx])
+    log_w_test = -e_md[nll_idx] - log_q_test
+    log_w_test = log_w_test[np.isfinite(log_w_test)]
     floor = noise_floor(dataset, t_md, max_ot=max_ot, seed=seed)
     return {
         "system": system.name,
@@ -102,6 +106,7 @@ def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, 
         "ess_fraction_clipped": result.weights.ess_fraction_clipped,
         "nll_test": float(-np.mean(log_q_test)),
         "nll_frames": int(len(nll_idx)),
+        "log_w_std_test": float(np.std(log_w_test)) if len(log_w_test) > 1 else float("nan"),
         "samples_per_second": result.summary()["samples_per_second"],
         "n_nonfinite": result.weights.n_nonfinite,
         "n_nonfinite_energy_dropped_from_e_w2": n_drop,
@@ -110,7 +115,8 @@ def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, 
         "noise_floor": floor,
         "coords": proposal.transform.kind,
         "reference": {"dataset": str(dataset.folder), "split": "test", "frames": int(len(test_idx))},
-        "units": {"e_w2": "kT", "t_w2": "rad", "nll_test": "nats per sample, nm^-(3N-3) density, centroid-free"},
+        "units": {"e_w2": "kT", "t_w2": "rad", "nll_test": "nats per sample, nm^-(3N-3) density, centroid-free",
+                  "log_w_std_test": "nats: std of -u/kT - log q over the NLL frames (0 for a perfect proposal)"},
     }
 
 

@@ -80,8 +80,19 @@ def test_evaluate_metrics_and_figures(trained, tmp_path):
     assert res.returncode == 0, res.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("ess", "e_w2_proposal", "e_w2_resampled", "t_w2_proposal", "t_w2_resampled", "nll_test",
-                "samples_per_second"):
+                "log_w_std_test", "samples_per_second"):
         assert np.isfinite(metrics[key]), key
+    # the log-weight spread over the MD test frames, from OpenMM energies (not the dataset's stored ones)
+    from bgkit.energy import EnergyModel
+    from bgkit.md.dataset import load_dataset
+    from bgkit.proposal import Proposal
+
+    ds = load_dataset(trained / "md")
+    test = ds.xyz[ds.split_indices()["test"]]
+    with EnergyModel("ala2", n_workers=1) as m:
+        log_w = -m(test) - Proposal.load(trained / "m.pt").log_prob(test)
+    assert metrics["log_w_std_test"] == pytest.approx(np.std(log_w[np.isfinite(log_w)]), rel=1e-3)
+    assert metrics["nll_test"] == pytest.approx(-np.mean(Proposal.load(trained / "m.pt").log_prob(test)), rel=1e-9)
     for fig in ("ramachandran.png", "energies.png", "log_weights.png"):
         assert (out / fig).stat().st_size > 1000
     for cmd, name in (("energies", "e.png"), ("weights", "w.png")):
