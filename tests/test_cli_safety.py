@@ -116,13 +116,18 @@ def test_output_rules_as_functions(tmp_path, monkeypatch):
         check_output_file(f / "x.npy", force=True)
 
 
-def test_leftovers_of_killed_runs_are_removed_and_those_of_running_ones_kept(tmp_path):
-    """A run killed with SIGKILL leaves .NAME.partial-PID behind; the next run beside it removes it."""
+def _dead_pid() -> int:
+    """The process id of a process that has ended."""
     import subprocess
     import sys
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead, alive = int(gone.stdout), os.getppid()
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def test_leftovers_of_killed_runs_are_removed_and_those_of_running_ones_kept(tmp_path):
+    """A run killed with SIGKILL leaves .NAME.partial-PID behind; the next run beside it removes it."""
+    dead, alive = _dead_pid(), os.getppid()
     out = tmp_path / "s"
     stale = [tmp_path / f".s.partial-{dead}", tmp_path / f".s.old-{dead}"]
     kept = [tmp_path / f".s.partial-{alive}", tmp_path / f".other.partial-{dead}", tmp_path / f".s.partial-x{dead}"]
@@ -137,12 +142,7 @@ def test_leftovers_of_killed_runs_are_removed_and_those_of_running_ones_kept(tmp
 
 @pytest.mark.slow
 def test_a_sample_run_after_a_killed_one_leaves_no_partial_folder(tmp_path):
-    import subprocess
-    import sys
-
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
-    (tmp_path / f".s.partial-{dead}").mkdir()
+    (tmp_path / f".s.partial-{_dead_pid()}").mkdir()
     res = bgkit(*SAMPLE, "--out", tmp_path / "s")
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
