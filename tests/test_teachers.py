@@ -266,6 +266,17 @@ def test_train_regflow_on_reflow_targets_and_cli_errors(teacher, tmp_path) -> No
     rec = ckpt["extra"]["training"]["targets_provenance"]
     assert rec["kind"] == "reflow" and rec["n"] == 1024 and rec["teacher_sha256"]
     assert ckpt["extra"]["training"]["coords"] == "internal" and ckpt["history"][-1]["val_loss"] > 0
+    assert_one_line_error(bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "regflow", "--targets",
+                                rf, "--steps", 2, "--logdet-weight", 1, "--out", tmp_path / "s1.pt"),
+                          "bgkit targets reflow --logdet")
+    rf_ld = tmp_path / "rf_ld"
+    assert bgkit("targets", "reflow", "--teacher", teacher, "--n", 256, "--chunk-size", 128, "--n-val", 64,
+                 "--steps", 4, "--logdet", "--out", rf_ld).returncode == 0
+    res = bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "regflow", "--targets", rf_ld,
+                "--steps", 4, "--batch-size", 64, "--hparams", '{"hidden": 16, "n_layers": 2}', "--logdet-weight", 0.1,
+                "--out", tmp_path / "student_ld.pt")
+    assert res.returncode == 0, res.stderr
+    assert torch.load(tmp_path / "student_ld.pt", weights_only=True)["config"]["logdet_weight"] == 0.1
     # other settings into the same folder: refused, the folder untouched
     before = sorted(p.name for p in rf.iterdir())
     assert_one_line_error(bgkit("targets", "reflow", "--teacher", teacher, "--n", 1024, "--chunk-size", 256,
@@ -280,3 +291,55 @@ def test_train_regflow_on_reflow_targets_and_cli_errors(teacher, tmp_path) -> No
                                 "--method", "leapfrog"), "unknown --method")
     assert_one_line_error(bgkit("teacher", "train", "--system", "ala2", "--steps", 2, "--out", tmp_path / "t.pt",
                                 "--hparams", '{"depth": 3}'), "depth")
+
+
+def test_reflow_logdets_are_the_jacobians_of_the_teacher_map(teacher, tmp_path) -> None:
+    """--logdet stores, per pair, log|det dx1/dx0| of the teacher's map: checked against the autograd Jacobian of
+    the same RK4 solve (float64), and a folder with log-dets streams them with the pairs."""
+    from bgkit.proposal import Proposal
+    from bgkit.train.reflow import make_reflow_targets, open_reflow
+
+    make_reflow_targets(teacher, tmp_path / "rf", 60, chunk_size=30, n_val=10, steps=6, batch_size=20,
+                        progress=False, logdet=True)
+    t = open_reflow(tmp_path / "rf")
+    assert len(t.val) == 3 and t.val[2].shape == (10,)
+    x0, x1, ld = t.train.take(torch.tensor([31, 2, 59]))
+    assert ld.shape == (3,) and torch.isfinite(ld).all()
+    cnf = Proposal.load(teacher).flow.double()
+    for i in range(3):
+        z = x0[i].double()
+        jac = torch.autograd.functional.jacobian(
+            lambda zz: cnf.integrate(zz[None], 0.0, 1.0, logdet=False, method="rk4", steps=6)[0][0], z)
+        assert torch.slogdet(jac).logabsdet.item() == pytest.approx(ld[i].item(), abs=2e-3)
+    # a chunk whose log-dets were written but not its pairs (killed in between) is remade, identically
+    before = t.train.take(torch.arange(60))
+    (tmp_path / "rf" / "chunk_000001.npy").unlink()
+    make_reflow_targets(teacher, tmp_path / "rf", 60, chunk_size=30, n_val=10, steps=6, batch_size=20,
+                        progress=False, logdet=True)
+    after = open_reflow(tmp_path / "rf").train.take(torch.arange(60))
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    # a folder without log-dets streams pairs only
+    make_reflow_targets(teacher, tmp_path / "plain", 30, chunk_size=30, n_val=10, steps=6, progress=False)
+    assert len(open_reflow(tmp_path / "plain").train.take(torch.tensor([0]))) == 2
+
+
+def test_regflow_logdet_term_is_the_squared_logdet_error() -> None:
+    from bgkit import BgkitError
+    from bgkit.train.regflow import regflow_loss
+
+    torch.manual_seed(0)
+    flow = build_flow("nsf", 4, hidden=8, n_layers=2).double()
+    with torch.no_grad():  # leave the identity
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x0, x1, ld = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 4, dtype=torch.float64), torch.randn(16).double()
+    plain, s0 = regflow_loss(flow, x0, x1, reg=None)
+    with_ld, s1 = regflow_loss(flow, x0, x1, reg=None, logdet_target=ld, logdet_weight=0.5)
+    _, logdet = flow(x0)
+    expected = 0.5 * (logdet - ld).pow(2).mean()
+    assert (with_ld - plain).item() == pytest.approx(expected.item(), rel=1e-10) and expected > 1e-3
+    assert s1["logdet_rmse"] == pytest.approx(expected.item() ** 0.5 / 0.5 ** 0.5, rel=1e-10)
+    unweighted, _ = regflow_loss(flow, x0, x1, reg=None, logdet_target=ld, logdet_weight=0.0)
+    assert unweighted.item() == plain.item()
+    with pytest.raises(BgkitError, match="--logdet"):
+        regflow_loss(flow, x0, x1, reg=None, logdet_weight=1.0)

@@ -56,8 +56,12 @@ def targets_ot(system_name, data, n, block_size, seed, out, force, align, coords
 @click.option("--batch-size", type=int, default=2000, show_default=True, help="Pairs integrated at once.")
 @click.option("--n-val", type=int, default=2000, show_default=True, help="Held-out validation pairs.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes sharing the chunks.")
+@click.option("--logdet", is_flag=True,
+              help="Also store the teacher's log|det| of each pair (exact divergence, ~D times slower), for "
+                   "`bgkit train --logdet-weight`.")
 @click.option("--force", is_flag=True, help="Replace an existing --out made with other settings.")
-def targets_reflow(teacher_path, n, out, chunk_size, seed, method, steps, batch_size, n_val, workers, force) -> None:
+def targets_reflow(teacher_path, n, out, chunk_size, seed, method, steps, batch_size, n_val, workers, logdet,
+                   force) -> None:
     """Reflow pairs (prior sample -> teacher image), written in resumable chunks."""
     from bgkit.flows.cnf import ADAPTIVE_METHODS, FIXED_STEP_METHODS
     from bgkit.train.reflow import make_reflow_targets
@@ -67,11 +71,11 @@ def targets_reflow(teacher_path, n, out, chunk_size, seed, method, steps, batch_
     if not teacher_path.is_file():
         raise BgkitError(f"teacher {teacher_path} does not exist")
     info = make_reflow_targets(teacher_path, out, n, chunk_size=chunk_size, seed=seed, method=method, steps=steps,
-                               batch_size=batch_size, n_val=n_val, workers=workers, force=force)
+                               batch_size=batch_size, n_val=n_val, workers=workers, force=force, logdet=logdet)
     if not info["teacher_finished"]:
         click.echo(f"warning: {teacher_path} is the checkpoint of an unfinished training run", err=True)
     click.echo(f"wrote {out}: {info['n']} reflow pairs in {info['n_chunks']} chunks + {info['n_val']} validation pairs "
-               f"({info['method']}, {info['steps']} steps)")
+               f"({info['method']}, {info['steps']} steps" + (", with teacher log-dets)" if logdet else ")"))
 
 
 def _run_training(system_name: str, arch: str, objective: str, out: Path, resume: bool, force: bool, hparams: str,
@@ -137,18 +141,22 @@ _ROTOR_AUGMENT = click.option(
               help="RegFlow regulariser: forward-backward inverse consistency (fb), squared log-det (logdet) or none.")
 @click.option("--reg-weight", type=float, default=1e-6, show_default=True, help="Weight of the --reg term.")
 @click.option("--noise", type=float, default=0.0, show_default=True, help="RegFlow target noise std (flow units).")
+@click.option("--logdet-weight", type=float, default=0.0, show_default=True,
+              help="RegFlow on reflow targets made with --logdet: weight of the squared error between the flow's and "
+                   "the teacher's log|det| of each pair (nats^2).")
 @_ROTOR_AUGMENT
 @_with_options(_train_options)
-def train(arch, objective, targets_path, coords, init, kl_weight, energy_workers, reg, reg_weight, noise, rotor_augment,
-          system_name, data, steps, batch_size, lr, hparams, max_frames, seed, max_seconds, device, out, resume,
-          force) -> None:
+def train(arch, objective, targets_path, coords, init, kl_weight, energy_workers, reg, reg_weight, noise, logdet_weight,
+          rotor_augment, system_name, data, steps, batch_size, lr, hparams, max_frames, seed, max_seconds, device, out,
+          resume, force) -> None:
     """Train a flow; the checkpoint --out is a self-contained proposal."""
     if energy_workers < 1:
         raise BgkitError(f"--energy-workers must be >= 1, got {energy_workers}")
     if init is not None and init.resolve() == out.resolve():
         raise BgkitError("--init and --out are the same file: write the new run to another --out")
     config = {"batch_size": batch_size, "lr": lr, "reg": None if reg == "none" else reg, "reg_weight": reg_weight,
-              "noise_std": noise, "seed": seed, "device": device, "max_seconds": max_seconds}
+              "noise_std": noise, "logdet_weight": logdet_weight, "seed": seed, "device": device,
+              "max_seconds": max_seconds}
     if objective == "kl":
         config["kl_weight"] = kl_weight
     _run_training(system_name, arch, objective, out, resume, force, hparams, steps, config, targets=targets_path,

@@ -119,11 +119,11 @@ class CNF(Flow):
 
     # ------------------------------------------------------------------ integration
     def integrate(self, x: Tensor, t0: float, t1: float, logdet: bool = True, method: str | None = None,
-                  steps: int | None = None) -> tuple[Tensor, Tensor | None]:
+                  steps: int | None = None, divergence: str | None = None) -> tuple[Tensor, Tensor | None]:
         """Solve the ODE from t0 to t1 starting at x [B, D].
 
         Returns (x(t1) [B, D] wrapped on periodic dims, ∫_{t0}^{t1} ∇·v dt [B] or None without ``logdet``).
-        ``method``/``steps`` override the hyperparameters for this call (e.g. rk4 for reflow pairs).
+        ``method``/``steps``/``divergence`` override the hyperparameters for this call (e.g. rk4 for reflow pairs).
         """
         from torchdiffeq import odeint  # noqa: PLC0415
 
@@ -139,7 +139,9 @@ class CNF(Flow):
         times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
         self.nfe = 0
         probe = None
-        if logdet and hp["divergence"] == "hutchinson":
+        if (divergence or hp["divergence"]) not in DIVERGENCES:
+            raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
+        if logdet and (divergence or hp["divergence"]) == "hutchinson":
             probe = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
 
         if not logdet:

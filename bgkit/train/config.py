@@ -18,7 +18,7 @@ __all__ = ["TrainConfig", "schedule_for", "lr_factor", "RESUME_FIELDS"]
 # Fields that must match between a checkpoint and a resumed run.
 RESUME_FIELDS = (
     "batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_factor", "grad_clip",
-    "ema", "seed", "objective", "reg", "reg_weight", "noise_std", "kl_weight", "kl_batch_size", "kl_energy_cap",
+    "ema", "seed", "objective", "reg", "reg_weight", "noise_std", "logdet_weight", "kl_weight", "kl_batch_size", "kl_energy_cap",
     "wcfm_kappa", "fdm_cfm_weight", "fdm_cdm_weight",
 )
 
@@ -42,7 +42,8 @@ class TrainConfig:
     by the initial weights. ``val_every``/``ckpt_every``: in steps (the last
     step always validates and checkpoints). ``val_batch_size``: chunk size for
     validation. RegFlow only: ``reg`` ("fb" | "logdet" | None), ``reg_weight``
-    (λ_r), ``noise_std`` (λ_n, target noise). ``"kl"`` only (maximum likelihood on the data plus
+    (λ_r), ``noise_std`` (λ_n, target noise), ``logdet_weight`` (λ_ℓ, matching the teacher's log-dets
+    of reflow targets made with ``--logdet``). ``"kl"`` only (maximum likelihood on the data plus
     ``kl_weight`` × the reverse KL to the Boltzmann distribution, :mod:`bgkit.train.kl`):
     ``kl_batch_size`` flow samples per step (None: ``batch_size``), ``kl_energy_cap`` (kT) above
     which energies are damped. Flow matching (:mod:`bgkit.train.matching`): ``wcfm_kappa`` (κ of the
@@ -69,6 +70,7 @@ class TrainConfig:
     reg: str | None = "fb"
     reg_weight: float = 1e-6
     noise_std: float = 0.0
+    logdet_weight: float = 0.0
     kl_weight: float = 1.0
     kl_batch_size: int | None = None
     kl_energy_cap: float = 1000.0
@@ -98,6 +100,7 @@ class TrainConfig:
             ("reg", lambda: self.reg in REGULARISERS),
             ("reg_weight", lambda: self.reg_weight >= 0),
             ("noise_std", lambda: self.noise_std >= 0),
+            ("logdet_weight", lambda: self.logdet_weight >= 0),
             ("kl_weight", lambda: self.kl_weight >= 0),
             ("kl_batch_size", lambda: self.kl_batch_size is None or self.kl_batch_size >= 2),
             ("kl_energy_cap", lambda: self.kl_energy_cap > 0),

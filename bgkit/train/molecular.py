@@ -144,6 +144,9 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         if coords is not None and coords != rep.kind:
             raise BgkitError(f"targets {targets} are in {rep.kind} coordinates, not {coords}: "
                              f"make targets with `bgkit targets ot --coords {coords}`")
+        if cfg.logdet_weight > 0 and not prov.get("logdet"):
+            raise BgkitError(f"--logdet-weight needs targets with the teacher's log-dets; {targets} has none: make "
+                             "them with `bgkit targets reflow --logdet`")
         if Path(targets).is_dir():  # reflow chunks, streamed from the folder's chunks; its own held-out pairs validate
             train_data = t.train
             val_data = tuple(torch.as_tensor(v).float() for v in t.val)

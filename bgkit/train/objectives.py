@@ -5,7 +5,7 @@ an objective means adding one entry here. Every ``loss`` has the signature
 
     loss(model, batch, config, *, generator=None, train=True, target=None) -> (scalar loss, stats)
 
-``batch`` is ``(x0, x1)`` for pair objectives and ``(x,)`` for frame objectives (flow space, [B, D]);
+``batch`` is ``(x0, x1)`` (or ``(x0, x1, teacher log-det)``) for pair objectives and ``(x,)`` for frame objectives (flow space, [B, D]);
 ``train=False`` is validation (no target noise, no energy term); ``generator`` draws the objective's
 own randomness (prior draws, times, probes), fixed during validation so its loss is deterministic.
 """
@@ -46,7 +46,8 @@ class Objective:
 def _regflow(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: torch.Generator | None = None,
              train: bool = True, target: Any = None) -> tuple[Tensor, dict[str, float]]:
     return regflow_loss(model, batch[0], batch[1], noise_std=cfg.noise_std if train else 0.0, reg=cfg.reg,
-                        reg_weight=cfg.reg_weight, generator=generator)
+                        reg_weight=cfg.reg_weight, generator=generator,
+                        logdet_target=batch[2] if len(batch) > 2 else None, logdet_weight=cfg.logdet_weight)
 
 
 def _mle(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: torch.Generator | None = None,

@@ -10,7 +10,10 @@ A targets folder holds
 * ``reflow.json``: the manifest — teacher file and its SHA-256, system, coordinate representation,
   seed, chunk size, number of chunks, ODE method and steps, batch size, provenance;
 * ``chunk_000000.npy`` …: float32 arrays [2, chunk_size, D] (x0 then x1, flow space), one per chunk;
-* ``val.npy``: [2, n_val, D] held-out pairs for validation.
+* ``val.npy``: [2, n_val, D] held-out pairs for validation;
+* with ``logdet`` (``--logdet``): ``chunk_000000.logdet.npy`` …, ``val.logdet.npy``: float64 [rows], the
+  teacher's log|det dx1/dx0| of each pair (the exact divergence integrated along the same ODE solve), the
+  target of the student's log-determinant (:func:`bgkit.train.regflow.regflow_loss`, ``logdet_weight``).
 
 Chunk k is a pure function of (teacher, seed, k): its prior draws come from a generator seeded with
 (seed, k + 1) and are integrated in batches of fixed size, so a run killed at any point and started
@@ -40,11 +43,17 @@ __all__ = ["make_reflow_targets", "open_reflow", "ReflowPairs", "ReflowTargets",
 MANIFEST = "reflow.json"
 _FORMAT = "bgkit-reflow-targets/1"
 #: manifest fields that must agree before a folder is extended or resumed
-_IDENTITY = ("teacher_sha256", "seed", "chunk_size", "n_val", "method", "steps", "batch_size", "dim")
+_IDENTITY = ("teacher_sha256", "seed", "chunk_size", "n_val", "method", "steps", "batch_size", "dim", "logdet")
+_IDENTITY_DEFAULTS = {"logdet": False}  # folders written before a field existed
 
 
 def _chunk_name(k: int) -> str:
     return f"chunk_{k:06d}.npy"
+
+
+def _logdet_name(name: str) -> str:
+    """The log-det file beside pairs file ``name`` (chunk_000000.npy -> chunk_000000.logdet.npy)."""
+    return name[:-len(".npy")] + ".logdet.npy"
 
 
 def _sha256(path: Path) -> str:
@@ -62,24 +71,29 @@ def _generator(seed: int, key: int) -> torch.Generator:
 
 @torch.no_grad()
 def teacher_pairs(flow: torch.nn.Module, n: int, seed: int, key: int, batch_size: int, method: str,
-                  steps: int) -> np.ndarray:
-    """[2, n, D] float32: prior draws (generator (seed, key)) and their images under the teacher flow.
+                  steps: int, logdet: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """([2, n, D] float32, [n] float64 or None): prior draws (generator (seed, key)) and their images under
+    the teacher flow, and with ``logdet`` the teacher's log|det dx1/dx0| of each pair.
 
-    A CNF is integrated with ``method`` and ``steps`` (no divergence); another flow applies ``forward``.
+    A CNF is integrated with ``method`` and ``steps`` (with ``logdet``, the exact divergence is integrated
+    in the same solve); another flow applies ``forward``.
     """
     x0 = flow.prior_sample(n, _generator(seed, key), dtype=torch.float32)
     out = np.empty((2, n, flow.dim), dtype=np.float32)
+    ld = np.empty(n, dtype=np.float64) if logdet else None
     out[0] = x0.numpy()
     for start in range(0, n, batch_size):
         z = x0[start:start + batch_size]
         if getattr(flow, "arch", "") == "cnf":
-            x1, _ = flow.integrate(z, 0.0, 1.0, logdet=False, method=method, steps=steps)
+            x1, ld_b = flow.integrate(z, 0.0, 1.0, logdet=logdet, method=method, steps=steps, divergence="exact")
         else:
-            x1, _ = flow(z)
+            x1, ld_b = flow(z)
         out[1, start:start + batch_size] = x1.numpy()
-    if not np.isfinite(out).all():
+        if ld is not None:
+            ld[start:start + batch_size] = ld_b.double().numpy()
+    if not np.isfinite(out).all() or (ld is not None and not np.isfinite(ld).all()):
         raise BgkitError(f"the teacher produced non-finite pairs in chunk {key - 1}: integrate with more --steps")
-    return out
+    return out, ld
 
 
 # ---------------------------------------------------------------- generation (one process or several)
@@ -96,19 +110,23 @@ def _init_worker(teacher: str, threads: int) -> None:
 def _write_chunk(folder: str, manifest: dict[str, Any], key: int, name: str, n: int) -> str:
     from bgkit.provenance import atomic_write  # noqa: PLC0415
 
-    arr = teacher_pairs(_WORKER["flow"], n, manifest["seed"], key, manifest["batch_size"], manifest["method"],
-                        manifest["steps"])
+    arr, ld = teacher_pairs(_WORKER["flow"], n, manifest["seed"], key, manifest["batch_size"], manifest["method"],
+                            manifest["steps"], logdet=bool(manifest.get("logdet")))
+    if ld is not None:  # first: a chunk counts as done once its pairs file exists
+        atomic_write(Path(folder) / _logdet_name(name), lambda fh: np.save(fh, ld))
     atomic_write(Path(folder) / name, lambda fh: np.save(fh, arr))
     return name
 
 
 def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size: int = 10_000, seed: int = 0,
                         method: str = "rk4", steps: int = 20, batch_size: int = 2000, n_val: int = 2000,
-                        workers: int = 1, force: bool = False, progress: bool = True) -> dict[str, Any]:
+                        workers: int = 1, force: bool = False, progress: bool = True,
+                        logdet: bool = False) -> dict[str, Any]:
     """Generate (or finish, or extend) the reflow targets folder ``out``; returns its manifest.
 
-    ``n`` pairs are rounded up to whole chunks of ``chunk_size``. An existing folder made with the same
-    teacher and settings is completed (missing chunks only; a larger ``n`` adds chunks); different
+    ``n`` pairs are rounded up to whole chunks of ``chunk_size``. ``logdet``: also store the teacher's
+    log|det| of each pair (exact divergence; about D times the cost of the pairs alone for a CNF). An
+    existing folder made with the same teacher and settings is completed (missing chunks only; a larger ``n`` adds chunks); different
     settings are an error unless ``force``, which replaces a folder bgkit wrote.
     """
     from bgkit.outputs import check_output_folder, foreign_content, write_marker  # noqa: PLC0415
@@ -132,8 +150,10 @@ def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size
         "coords": proposal.transform.kind, "dim": flow.dim, "periodic": list(flow.periodic), "seed": int(seed),
         "chunk_size": int(chunk_size), "n_chunks": n_chunks, "n": n_chunks * int(chunk_size), "n_val": int(n_val),
         "method": method if flow.arch == "cnf" else "flow forward", "steps": int(steps) if flow.arch == "cnf" else 0,
-        "batch_size": int(batch_size), "dtype": "float32",
-        "layout": "chunk_KKKKKK.npy and val.npy: float32 [2, rows, D], x0 (prior draw) then x1 (teacher image)",
+        "batch_size": int(batch_size), "dtype": "float32", "logdet": bool(logdet),
+        "layout": "chunk_KKKKKK.npy and val.npy: float32 [2, rows, D], x0 (prior draw) then x1 (teacher image)"
+                  + ("; chunk_KKKKKK.logdet.npy and val.logdet.npy: float64 [rows], log|det dx1/dx0| of the teacher "
+                     "(exact divergence)" if logdet else ""),
     }
     old = _read_manifest(out) if (out / MANIFEST).is_file() and out.is_dir() else None
     resuming = old is not None and not force and not _differences(old, manifest)
@@ -159,7 +179,8 @@ def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size
         manifest["created"] = provenance(seed=seed)
     manifest["last_run"] = provenance(seed=seed)
     names = [_chunk_name(k) for k in range(n_chunks)]
-    write_marker(out, "reflow-targets", [MANIFEST, "val.npy", *names])
+    files = ["val.npy", *names]
+    write_marker(out, "reflow-targets", [MANIFEST, *files, *(map(_logdet_name, files) if logdet else ())])
     atomic_write_json(manifest, out / MANIFEST)
 
     todo = [("val.npy", 0, n_val)] if not (out / "val.npy").is_file() else []
@@ -207,13 +228,14 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in _IDENTITY if old.get(k) != new.get(k)]
+    was = {k: old.get(k, _IDENTITY_DEFAULTS.get(k)) for k in _IDENTITY}
+    diffs = [f"{k} {was[k]!r} -> {new.get(k)!r}" for k in _IDENTITY if was[k] != new.get(k)]
     return ", ".join(diffs)
 
 
 # ---------------------------------------------------------------- reading (streamed)
 class ReflowPairs:
-    """The training pairs of a reflow folder, memory-mapped: ``n``, ``dim``, ``take(idx) -> (x0, x1)``."""
+    """The training pairs of a reflow folder, memory-mapped: ``n``, ``dim``, ``take(idx) -> (x0, x1[, logdet])``."""
 
     pairs = True
 
@@ -221,37 +243,51 @@ class ReflowPairs:
         self.chunk_size = int(manifest["chunk_size"])
         self.dim = int(manifest["dim"])
         self.chunks = [np.load(folder / _chunk_name(k), mmap_mode="r") for k in range(int(manifest["n_chunks"]))]
+        self.logdets = ([np.load(folder / _logdet_name(_chunk_name(k)), mmap_mode="r")
+                         for k in range(len(self.chunks))] if manifest.get("logdet") else None)
         for k, arr in enumerate(self.chunks):
             if arr.shape != (2, self.chunk_size, self.dim):
                 raise BgkitError(f"{folder / _chunk_name(k)} has shape {arr.shape}, expected "
                                  f"{(2, self.chunk_size, self.dim)}: the folder is damaged; remove that file and "
                                  "rerun `bgkit targets reflow` to remake it")
+            if self.logdets is not None and self.logdets[k].shape != (self.chunk_size,):
+                raise BgkitError(f"{folder / _logdet_name(_chunk_name(k))} has shape {self.logdets[k].shape}, expected "
+                                 f"{(self.chunk_size,)}: the folder is damaged; remove it and {_chunk_name(k)} and "
+                                 "rerun `bgkit targets reflow` to remake them")
         self.n = self.chunk_size * len(self.chunks)
 
     def __len__(self) -> int:
         return self.n
 
-    def take(self, idx: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
-        """Pairs at global row indices idx [b] -> (x0 [b, D], x1 [b, D]) float32 tensors, in idx order."""
+    def take(self, idx: Tensor | np.ndarray) -> tuple[Tensor, ...]:
+        """Pairs at global row indices idx [b] -> (x0 [b, D], x1 [b, D]) float32 tensors, in idx order, and the
+        teacher's log-dets [b] (float32) when the folder has them."""
         idx = np.asarray(idx, dtype=np.int64)
         out = np.empty((2, len(idx), self.dim), dtype=np.float32)
+        ld = np.empty(len(idx), dtype=np.float32)
         chunk, row = np.divmod(idx, self.chunk_size)
         for k in np.unique(chunk):
             sel = np.flatnonzero(chunk == k)
             out[:, sel] = self.chunks[k][:, row[sel]]
-        return torch.from_numpy(out[0]), torch.from_numpy(out[1])
+            if self.logdets is not None:
+                ld[sel] = self.logdets[k][row[sel]]
+        pairs = (torch.from_numpy(out[0]), torch.from_numpy(out[1]))
+        return pairs if self.logdets is None else (*pairs, torch.from_numpy(ld))
 
 
 class ReflowTargets:
-    """A complete reflow folder: ``train`` (:class:`ReflowPairs`), ``val`` ((x0, x1) arrays), ``provenance``."""
+    """A complete reflow folder: ``train`` (:class:`ReflowPairs`), ``val`` ((x0, x1[, logdet]) arrays),
+    ``provenance``."""
 
     kind = "reflow"
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.provenance = _read_manifest(folder)
+        with_ld = bool(self.provenance.get("logdet"))
         missing = [_chunk_name(k) for k in range(int(self.provenance["n_chunks"]))
-                   if not (folder / _chunk_name(k)).is_file()]
+                   if not (folder / _chunk_name(k)).is_file()
+                   or (with_ld and not (folder / _logdet_name(_chunk_name(k))).is_file())]
         if missing or not (folder / "val.npy").is_file():
             raise BgkitError(f"reflow targets {folder} are incomplete ({len(missing)} of "
                              f"{self.provenance['n_chunks']} chunks missing"
@@ -259,7 +295,7 @@ class ReflowTargets:
                              + "): rerun the `bgkit targets reflow` command that made them to finish")
         self.train = ReflowPairs(folder, self.provenance)
         val = np.load(folder / "val.npy")
-        self.val = (val[0], val[1])
+        self.val = (val[0], val[1], np.load(folder / "val.logdet.npy")) if with_ld else (val[0], val[1])
 
 
 def open_reflow(folder: str | Path) -> ReflowTargets:

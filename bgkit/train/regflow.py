@@ -14,6 +14,12 @@ with the regulariser R either
   (one inverse pass, no Jacobian), or
 * ``None``.
 
+With reflow targets that carry the teacher's log-determinant ℓ*(x0) = log|det ∂f*/∂x0| of each pair
+(``bgkit targets reflow --logdet``), ``logdet_weight`` λ_ℓ adds  λ_ℓ · mean_b (log|det J_θ(x0)| − ℓ*(x0))²:
+the student then copies the teacher's density, not only its map. A map can match its targets to a small
+ℓ2 error and still have a log-det that is off by nats (a staircase-like spline: flat almost everywhere,
+steep in thin strips); that error goes straight into the importance weights (docs/methods.md).
+
 On the flow's periodic dimensions (torsions) differences are wrapped to
 [-pi, pi): the squared error is the squared geodesic distance on the circle.
 
@@ -46,6 +52,8 @@ def regflow_loss(
     reg: str | None = "fb",
     reg_weight: float = 1e-6,
     generator: torch.Generator | None = None,
+    logdet_target: Tensor | None = None,
+    logdet_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """RegFlow loss on a batch of pairs.
 
@@ -57,10 +65,13 @@ def regflow_loss(
         reg: "fb" | "logdet" | None (see module docstring).
         reg_weight: λ_r.
         generator: torch RNG for the target noise (default: global RNG).
+        logdet_target: [B] the teacher's log|det| of each pair (needed when ``logdet_weight`` > 0).
+        logdet_weight: λ_ℓ of the log-det matching term (0 disables).
     Returns:
         ``(loss, stats)``: scalar loss tensor (with grad) and floats
         ``loss``, ``mse`` (batch mean of the per-sample squared-error sum),
-        ``mse_per_dim``, ``reg`` (R, 0 when disabled), ``logdet_mean``.
+        ``mse_per_dim``, ``reg`` (R, 0 when disabled), ``logdet_mean``, and with ``logdet_target``
+        ``logdet_rmse`` (root mean squared log-det error, nats).
     """
     import torch
 
@@ -86,11 +97,21 @@ def regflow_loss(
     else:
         penalty = mse.new_zeros(())
     loss = mse + reg_weight * penalty if reg is not None else mse
+    ld_stats = {}
+    if logdet_weight > 0 and logdet_target is None:
+        raise BgkitError("logdet_weight > 0 needs the teacher's log-dets: make the targets with "
+                         "`bgkit targets reflow --logdet`")
+    if logdet_target is not None:
+        ld_err = (logdet - logdet_target.to(logdet.dtype)).pow(2).mean()
+        if logdet_weight > 0:
+            loss = loss + logdet_weight * ld_err
+        ld_stats = {"logdet_rmse": float(ld_err.detach().sqrt())}
     stats = {
         "loss": float(loss.detach()),
         "mse": float(mse.detach()),
         "mse_per_dim": float(mse.detach()) / x0.shape[1],
         "reg": float(penalty.detach()),
         "logdet_mean": float(logdet.detach().mean()),
+        **ld_stats,
     }
     return loss, stats

@@ -57,11 +57,14 @@ def prepare_rows(data: Any, objective: Objective, dtype: torch.dtype, what: str)
     if objective.pairs:
         if hasattr(data, "x0") and hasattr(data, "x1"):
             data = (data.x0, data.x1)
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise BgkitError(f"{what} for {objective.name} must be a pair (x0, x1) of [n, D] arrays")
+        if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+            raise BgkitError(f"{what} for {objective.name} must be a pair (x0, x1) of [n, D] arrays "
+                             "(and optionally the teacher's log-dets [n])")
         tensors = tuple(torch.as_tensor(np.asarray(d) if not isinstance(d, Tensor) else d).to("cpu", dtype) for d in data)
         if tensors[0].shape != tensors[1].shape:
             raise BgkitError(f"{what}: x0 {tuple(tensors[0].shape)} and x1 {tuple(tensors[1].shape)} differ in shape")
+        if len(tensors) == 3 and tensors[2].shape != tensors[0].shape[:1]:
+            raise BgkitError(f"{what}: log-dets {tuple(tensors[2].shape)} do not match {tensors[0].shape[0]} pairs")
     else:
         if isinstance(data, (tuple, list)) and len(data) == 1:
             data = data[0]
