@@ -269,6 +269,9 @@ def test_train_regflow_on_reflow_targets_and_cli_errors(teacher, tmp_path) -> No
     assert_one_line_error(bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "regflow", "--targets",
                                 rf, "--steps", 2, "--logdet-weight", 1, "--out", tmp_path / "s1.pt"),
                           "bgkit targets reflow --logdet")
+    assert_one_line_error(bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "mle", "--coords",
+                                "internal", "--steps", 2, "--logdet-weight", 1, "--out", tmp_path / "s1.pt"),
+                          "--logdet-weight applies to --objective regflow")
     rf_ld = tmp_path / "rf_ld"
     assert bgkit("targets", "reflow", "--teacher", teacher, "--n", 256, "--chunk-size", 128, "--n-val", 64,
                  "--steps", 4, "--logdet", "--out", rf_ld).returncode == 0
@@ -318,6 +321,10 @@ def test_reflow_logdets_are_the_jacobians_of_the_teacher_map(teacher, tmp_path) 
                         progress=False, logdet=True)
     after = open_reflow(tmp_path / "rf").train.take(torch.arange(60))
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+    (tmp_path / "rf" / "chunk_000000.logdet.npy").unlink()  # a lost log-det file: the same command remakes it
+    make_reflow_targets(teacher, tmp_path / "rf", 60, chunk_size=30, n_val=10, steps=6, batch_size=20,
+                        progress=False, logdet=True)
+    assert torch.equal(open_reflow(tmp_path / "rf").train.take(torch.arange(60))[2], before[2])
     # a folder without log-dets streams pairs only
     make_reflow_targets(teacher, tmp_path / "plain", 30, chunk_size=30, n_val=10, steps=6, progress=False)
     assert len(open_reflow(tmp_path / "plain").train.take(torch.tensor([0]))) == 2

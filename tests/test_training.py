@@ -171,6 +171,16 @@ def test_resume_rejects_mismatches(tmp_path: Path) -> None:
         with pytest.raises(BgkitError, match=what) as err:
             train(other, data, None, toy_config("regflow", 10), tmp_path / "ck.pt", resume=True, progress=False)
         assert len(str(err.value)) < 300
+    # a checkpoint written before a config field existed resumes with that field at its default, not otherwise
+    ckpt = torch.load(tmp_path / "ck.pt", weights_only=False)
+    del ckpt["config"]["logdet_weight"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    cfg3 = toy_config("regflow", steps=5)
+    cfg3.logdet_weight = 0.5
+    with pytest.raises(BgkitError, match="logdet_weight was 0.0, now 0.5"):
+        train(small_flow(), data, None, cfg3, tmp_path / "old.pt", resume=True, progress=False)
+    assert train(small_flow(), data, None, toy_config("regflow", 6), tmp_path / "old.pt", resume=True,
+                 progress=False).steps == 6
 
 
 # --------------------------------------------------------------------------- checkpoints & errors

@@ -154,6 +154,9 @@ def train(arch, objective, targets_path, coords, init, kl_weight, energy_workers
         raise BgkitError(f"--energy-workers must be >= 1, got {energy_workers}")
     if init is not None and init.resolve() == out.resolve():
         raise BgkitError("--init and --out are the same file: write the new run to another --out")
+    if logdet_weight and objective != "regflow":
+        raise BgkitError(f"--logdet-weight applies to --objective regflow (on reflow targets made with --logdet), "
+                         f"not {objective}")
     config = {"batch_size": batch_size, "lr": lr, "reg": None if reg == "none" else reg, "reg_weight": reg_weight,
               "noise_std": noise, "logdet_weight": logdet_weight, "seed": seed, "device": device,
               "max_seconds": max_seconds}

@@ -276,8 +276,9 @@ def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, ctx: Dist, n: int, pat
         if changed:
             diffs = ", ".join(f"{k} was {a.get(k)!r}, now {b.get(k)!r}" for k in changed[:3])
             raise BgkitError(f"cannot resume from {path}: flow hyperparameters differ ({diffs})")
+    defaults = TrainConfig()  # a field added after the checkpoint was written had its default then
     for name in RESUME_FIELDS:
-        a, b = old.get(name), getattr(cfg, name)
+        a, b = old.get(name, getattr(defaults, name)), getattr(cfg, name)
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
             a, b = list(a or []), list(b or [])
         if a != b:

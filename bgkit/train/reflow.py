@@ -183,8 +183,11 @@ def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size
     write_marker(out, "reflow-targets", [MANIFEST, *files, *(map(_logdet_name, files) if logdet else ())])
     atomic_write_json(manifest, out / MANIFEST)
 
-    todo = [("val.npy", 0, n_val)] if not (out / "val.npy").is_file() else []
-    todo += [(name, k + 1, chunk_size) for k, name in enumerate(names) if not (out / name).is_file()]
+    def done(name: str) -> bool:
+        return (out / name).is_file() and (not logdet or (out / _logdet_name(name)).is_file())
+
+    todo = [("val.npy", 0, n_val)] if not done("val.npy") else []
+    todo += [(name, k + 1, chunk_size) for k, name in enumerate(names) if not done(name)]
     _run(str(teacher), str(out), manifest, todo, workers, progress)
     return manifest
 
