@@ -43,8 +43,9 @@ __all__ = ["make_reflow_targets", "open_reflow", "ReflowPairs", "ReflowTargets",
 MANIFEST = "reflow.json"
 _FORMAT = "bgkit-reflow-targets/1"
 #: manifest fields that must agree before a folder is extended or resumed
-_IDENTITY = ("teacher_sha256", "seed", "chunk_size", "n_val", "method", "steps", "batch_size", "dim", "logdet")
-_IDENTITY_DEFAULTS = {"logdet": False}  # folders written before a field existed
+_IDENTITY = ("teacher_sha256", "seed", "chunk_size", "n_val", "method", "steps", "batch_size", "dim", "logdet",
+             "logdet_divergence")
+_IDENTITY_DEFAULTS = {"logdet": False, "logdet_divergence": "exact"}  # folders written before a field existed
 
 
 def _chunk_name(k: int) -> str:
@@ -71,21 +72,27 @@ def _generator(seed: int, key: int) -> torch.Generator:
 
 @torch.no_grad()
 def teacher_pairs(flow: torch.nn.Module, n: int, seed: int, key: int, batch_size: int, method: str,
-                  steps: int, logdet: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                  steps: int, logdet: bool = False, divergence: str = "exact") -> tuple[np.ndarray, np.ndarray | None]:
     """([2, n, D] float32, [n] float64 or None): prior draws (generator (seed, key)) and their images under
     the teacher flow, and with ``logdet`` the teacher's log|det dx1/dx0| of each pair.
 
-    A CNF is integrated with ``method`` and ``steps`` (with ``logdet``, the exact divergence is integrated
-    in the same solve); another flow applies ``forward``.
+    A CNF is integrated with ``method`` and ``steps`` (with ``logdet``, the divergence — "exact", or
+    "hutchinson": one Rademacher probe per pair, its draws seeded by (seed, key) — is integrated in the same
+    solve); another flow applies ``forward``.
     """
-    x0 = flow.prior_sample(n, _generator(seed, key), dtype=torch.float32)
+    gen = _generator(seed, key)
+    x0 = flow.prior_sample(n, gen, dtype=torch.float32)
+    probe_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
     out = np.empty((2, n, flow.dim), dtype=np.float32)
     ld = np.empty(n, dtype=np.float64) if logdet else None
     out[0] = x0.numpy()
     for start in range(0, n, batch_size):
         z = x0[start:start + batch_size]
         if getattr(flow, "arch", "") == "cnf":
-            x1, ld_b = flow.integrate(z, 0.0, 1.0, logdet=logdet, method=method, steps=steps, divergence="exact")
+            with torch.random.fork_rng(devices=[]):  # the CNF draws its probes from the global RNG
+                torch.manual_seed(probe_seed + start)
+                x1, ld_b = flow.integrate(z, 0.0, 1.0, logdet=logdet, method=method, steps=steps,
+                                          divergence=divergence)
         else:
             x1, ld_b = flow(z)
         out[1, start:start + batch_size] = x1.numpy()
@@ -111,7 +118,8 @@ def _write_chunk(folder: str, manifest: dict[str, Any], key: int, name: str, n: 
     from bgkit.provenance import atomic_write  # noqa: PLC0415
 
     arr, ld = teacher_pairs(_WORKER["flow"], n, manifest["seed"], key, manifest["batch_size"], manifest["method"],
-                            manifest["steps"], logdet=bool(manifest.get("logdet")))
+                            manifest["steps"], logdet=bool(manifest.get("logdet")),
+                            divergence=manifest.get("logdet_divergence", "exact"))
     if ld is not None:  # first: a chunk counts as done once its pairs file exists
         atomic_write(Path(folder) / _logdet_name(name), lambda fh: np.save(fh, ld))
     atomic_write(Path(folder) / name, lambda fh: np.save(fh, arr))
@@ -121,12 +129,12 @@ def _write_chunk(folder: str, manifest: dict[str, Any], key: int, name: str, n: 
 def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size: int = 10_000, seed: int = 0,
                         method: str = "rk4", steps: int = 20, batch_size: int = 2000, n_val: int = 2000,
                         workers: int = 1, force: bool = False, progress: bool = True,
-                        logdet: bool = False) -> dict[str, Any]:
+                        logdet: bool = False, logdet_divergence: str = "exact") -> dict[str, Any]:
     """Generate (or finish, or extend) the reflow targets folder ``out``; returns its manifest.
 
     ``n`` pairs are rounded up to whole chunks of ``chunk_size``. ``logdet``: also store the teacher's
-    log|det| of each pair (exact divergence; about D times the cost of the pairs alone for a CNF). An
-    existing folder made with the same teacher and settings is completed (missing chunks only; a larger ``n`` adds chunks); different
+    log|det| of each pair (``logdet_divergence`` "exact": about D times the cost of the pairs alone for a
+    CNF; "hutchinson": one probe, unbiased but noisy, about twice the cost). An existing folder made with the same teacher and settings is completed (missing chunks only; a larger ``n`` adds chunks); different
     settings are an error unless ``force``, which replaces a folder bgkit wrote.
     """
     from bgkit.outputs import check_output_folder, foreign_content, write_marker  # noqa: PLC0415
@@ -138,6 +146,8 @@ def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size
                              ("seed", seed, 0)):
         if int(value) < low:
             raise BgkitError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    if logdet_divergence not in ("exact", "hutchinson"):
+        raise BgkitError(f"unknown log-det divergence {logdet_divergence!r}; choose exact or hutchinson")
     teacher = Path(teacher)
     proposal = Proposal.load(teacher)
     flow = proposal.flow
@@ -151,9 +161,10 @@ def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size
         "chunk_size": int(chunk_size), "n_chunks": n_chunks, "n": n_chunks * int(chunk_size), "n_val": int(n_val),
         "method": method if flow.arch == "cnf" else "flow forward", "steps": int(steps) if flow.arch == "cnf" else 0,
         "batch_size": int(batch_size), "dtype": "float32", "logdet": bool(logdet),
+        "logdet_divergence": logdet_divergence if logdet else "exact",
         "layout": "chunk_KKKKKK.npy and val.npy: float32 [2, rows, D], x0 (prior draw) then x1 (teacher image)"
                   + ("; chunk_KKKKKK.logdet.npy and val.logdet.npy: float64 [rows], log|det dx1/dx0| of the teacher "
-                     "(exact divergence)" if logdet else ""),
+                     f"({logdet_divergence} divergence)" if logdet else ""),
     }
     old = _read_manifest(out) if (out / MANIFEST).is_file() and out.is_dir() else None
     resuming = old is not None and not force and not _differences(old, manifest)
