@@ -139,9 +139,10 @@ class CNF(Flow):
         times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
         self.nfe = 0
         probe = None
-        if (divergence or hp["divergence"]) not in DIVERGENCES:
+        divergence = divergence or hp["divergence"]
+        if divergence not in DIVERGENCES:
             raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
-        if logdet and (divergence or hp["divergence"]) == "hutchinson":
+        if logdet and divergence == "hutchinson":
             probe = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
 
         if not logdet:

@@ -5,7 +5,8 @@ an objective means adding one entry here. Every ``loss`` has the signature
 
     loss(model, batch, config, *, generator=None, train=True, target=None) -> (scalar loss, stats)
 
-``batch`` is ``(x0, x1)`` (or ``(x0, x1, teacher log-det)``) for pair objectives and ``(x,)`` for frame objectives (flow space, [B, D]);
+``batch`` is ``(x0, x1)`` (or ``(x0, x1, teacher log-det [B])``) for pair objectives and ``(x,)`` for frame
+objectives (flow space, [B, D]);
 ``train=False`` is validation (no target noise, no energy term); ``generator`` draws the objective's
 own randomness (prior draws, times, probes), fixed during validation so its loss is deterministic.
 """

@@ -12,8 +12,8 @@ A targets folder holds
 * ``chunk_000000.npy`` …: float32 arrays [2, chunk_size, D] (x0 then x1, flow space), one per chunk;
 * ``val.npy``: [2, n_val, D] held-out pairs for validation;
 * with ``logdet`` (``--logdet``): ``chunk_000000.logdet.npy`` …, ``val.logdet.npy``: float64 [rows], the
-  teacher's log|det dx1/dx0| of each pair (the exact divergence integrated along the same ODE solve), the
-  target of the student's log-determinant (:func:`bgkit.train.regflow.regflow_loss`, ``logdet_weight``).
+  teacher's log|det dx1/dx0| of each pair (the divergence — exact, or a one-probe Hutchinson estimate
+  (``logdet_divergence``) — integrated along the same ODE solve), the target of the student's log-determinant (:func:`bgkit.train.regflow.regflow_loss`, ``logdet_weight``).
 
 Chunk k is a pure function of (teacher, seed, k): its prior draws come from a generator seeded with
 (seed, k + 1) and are integrated in batches of fixed size, so a run killed at any point and started
@@ -55,6 +55,11 @@ def _chunk_name(k: int) -> str:
 def _logdet_name(name: str) -> str:
     """The log-det file beside pairs file ``name`` (chunk_000000.npy -> chunk_000000.logdet.npy)."""
     return name[:-len(".npy")] + ".logdet.npy"
+
+
+def _complete(folder: Path, name: str, logdet: bool) -> bool:
+    """Whether pairs file ``name`` of ``folder`` is written, with its log-det file when the folder has them."""
+    return (folder / name).is_file() and (not logdet or (folder / _logdet_name(name)).is_file())
 
 
 def _sha256(path: Path) -> str:
@@ -134,7 +139,8 @@ def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size
 
     ``n`` pairs are rounded up to whole chunks of ``chunk_size``. ``logdet``: also store the teacher's
     log|det| of each pair (``logdet_divergence`` "exact": about D times the cost of the pairs alone for a
-    CNF; "hutchinson": one probe, unbiased but noisy, about twice the cost). An existing folder made with the same teacher and settings is completed (missing chunks only; a larger ``n`` adds chunks); different
+    CNF; "hutchinson": one probe, unbiased but noisy, about twice the cost). An existing folder made with the
+    same teacher and settings is completed (missing chunks only; a larger ``n`` adds chunks); different
     settings are an error unless ``force``, which replaces a folder bgkit wrote.
     """
     from bgkit.outputs import check_output_folder, foreign_content, write_marker  # noqa: PLC0415
@@ -194,11 +200,8 @@ def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size
     write_marker(out, "reflow-targets", [MANIFEST, *files, *(map(_logdet_name, files) if logdet else ())])
     atomic_write_json(manifest, out / MANIFEST)
 
-    def done(name: str) -> bool:
-        return (out / name).is_file() and (not logdet or (out / _logdet_name(name)).is_file())
-
-    todo = [("val.npy", 0, n_val)] if not done("val.npy") else []
-    todo += [(name, k + 1, chunk_size) for k, name in enumerate(names) if not done(name)]
+    todo = [("val.npy", 0, n_val)] if not _complete(out, "val.npy", logdet) else []
+    todo += [(name, k + 1, chunk_size) for k, name in enumerate(names) if not _complete(out, name, logdet)]
     _run(str(teacher), str(out), manifest, todo, workers, progress)
     return manifest
 
@@ -300,12 +303,12 @@ class ReflowTargets:
         self.provenance = _read_manifest(folder)
         with_ld = bool(self.provenance.get("logdet"))
         missing = [_chunk_name(k) for k in range(int(self.provenance["n_chunks"]))
-                   if not (folder / _chunk_name(k)).is_file()
-                   or (with_ld and not (folder / _logdet_name(_chunk_name(k))).is_file())]
-        if missing or not (folder / "val.npy").is_file():
+                   if not _complete(folder, _chunk_name(k), with_ld)]
+        val_ok = _complete(folder, "val.npy", with_ld)
+        if missing or not val_ok:
             raise BgkitError(f"reflow targets {folder} are incomplete ({len(missing)} of "
                              f"{self.provenance['n_chunks']} chunks missing"
-                             + ("" if (folder / "val.npy").is_file() else ", val.npy missing")
+                             + ("" if val_ok else ", validation pairs missing")
                              + "): rerun the `bgkit targets reflow` command that made them to finish")
         self.train = ReflowPairs(folder, self.provenance)
         val = np.load(folder / "val.npy")
