@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mdtraj
 import numpy as np
@@ -12,9 +13,11 @@ from bgkit.energy import EnergyModel
 from bgkit.systems import load_system
 
 SHIPPED = ["ala2", "ala3", "ala4"]
+#: every dataset folder shipped beside a system's md/: replica exchange (ala2), densely saved plain MD (ala4)
+EXTRA = [str(Path(__file__).resolve().parents[1] / "systems" / d) for d in ("ala2/md_rex", "ala4/md_dense")]
 
 
-@pytest.fixture(scope="module", params=SHIPPED)
+@pytest.fixture(scope="module", params=SHIPPED + EXTRA)
 def dataset(request):
     return load_dataset(request.param)
 
