@@ -15,7 +15,7 @@ SHIPPED = ["ala2", "ala3", "ala4"]
 #: ESS/N of 200 samples (seed 0) must exceed these: about half of what the shipped proposals measured
 #: (2026-11-29, rotor-relabelled proposals); the Cartesian proposals of bgkit 0.1 gave 1/200 = 0.005 (one
 #: sample carried the weight), the first internal-coordinate ones 0.382, 0.050, 0.022.
-ESS_FLOOR = {"ala2": 0.2, "ala3": 0.075, "ala4": 0.08}  # measured: 0.414, 0.154, 0.164 (ala4: with md_dense)
+ESS_FLOOR = {"ala2": 0.2, "ala3": 0.075, "ala4": 0.04}  # measured: 0.414, 0.154, 0.089 (ala4: with md_dense)
 
 
 def bgkit(*args, cwd=None, timeout=600):
