@@ -13,7 +13,8 @@ A targets folder holds
 * ``val.npy``: [2, n_val, D] held-out pairs for validation;
 * with ``logdet`` (``--logdet``): ``chunk_000000.logdet.npy`` …, ``val.logdet.npy``: float64 [rows], the
   teacher's log|det dx1/dx0| of each pair (the divergence — exact, or a one-probe Hutchinson estimate
-  (``logdet_divergence``) — integrated along the same ODE solve), the target of the student's log-determinant (:func:`bgkit.train.regflow.regflow_loss`, ``logdet_weight``).
+  (``logdet_divergence``) — integrated along the same ODE solve), the target of the student's
+  log-determinant (:func:`bgkit.train.regflow.regflow_loss`, ``logdet_weight``).
 
 Chunk k is a pure function of (teacher, seed, k): its prior draws come from a generator seeded with
 (seed, k + 1) and are integrated in batches of fixed size, so a run killed at any point and started
@@ -124,7 +125,7 @@ def _write_chunk(folder: str, manifest: dict[str, Any], key: int, name: str, n: 
 
     arr, ld = teacher_pairs(_WORKER["flow"], n, manifest["seed"], key, manifest["batch_size"], manifest["method"],
                             manifest["steps"], logdet=bool(manifest.get("logdet")),
-                            divergence=manifest.get("logdet_divergence", "exact"))
+                            divergence=manifest["logdet_divergence"])
     if ld is not None:  # first: a chunk counts as done once its pairs file exists
         atomic_write(Path(folder) / _logdet_name(name), lambda fh: np.save(fh, ld))
     atomic_write(Path(folder) / name, lambda fh: np.save(fh, arr))
@@ -143,6 +144,7 @@ def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size
     same teacher and settings is completed (missing chunks only; a larger ``n`` adds chunks); different
     settings are an error unless ``force``, which replaces a folder bgkit wrote.
     """
+    from bgkit.flows.cnf import DIVERGENCES  # noqa: PLC0415
     from bgkit.outputs import check_output_folder, foreign_content, write_marker  # noqa: PLC0415
     from bgkit.proposal import Proposal  # noqa: PLC0415
     from bgkit.provenance import atomic_write_json, provenance  # noqa: PLC0415
@@ -152,8 +154,8 @@ def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size
                              ("seed", seed, 0)):
         if int(value) < low:
             raise BgkitError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    if logdet_divergence not in ("exact", "hutchinson"):
-        raise BgkitError(f"unknown log-det divergence {logdet_divergence!r}; choose exact or hutchinson")
+    if logdet_divergence not in DIVERGENCES:
+        raise BgkitError(f"unknown log-det divergence {logdet_divergence!r}; choose one of {', '.join(DIVERGENCES)}")
     teacher = Path(teacher)
     proposal = Proposal.load(teacher)
     flow = proposal.flow
