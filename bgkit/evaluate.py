@@ -1,5 +1,8 @@
 """Evaluate a proposal against the system's reference MD test split: metrics and figures.
 
+The reference (:class:`Reference`) is the test split of one dataset or the joined test splits
+of several datasets of the system (independent trajectories judge together, with a lower noise floor).
+
 Metrics (definitions: docs/methods.md, "Metrics"): Kish ESS; E-W2 (kT) of the raw proposal and
 of the resampled set against the MD test energies; T-W2 (rad) over all
 backbone φ/ψ, exact OT on up to 10k vs 10k samples; NLL of the test frames
@@ -11,12 +14,13 @@ samples/s of drawing + energies. "Resampled" follows the published recipe: the t
 unclipped weights are reported beside them (``*_resampled_unclipped``): when the
 largest weights sit on the proposal's high-energy tail, clipping biases the
 resampled energies low. The noise floor is the same E-W2 and T-W2
-between the test split and a disjoint block of MD frames of the same size (the
-dataset's first frames outside the test split): how far MD is from itself, the
+between the test split and a disjoint block of MD frames of the same size (each
+dataset's first frames outside its test split): how far MD is from itself, the
 best a proposal can be expected to reach on this reference.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +66,76 @@ def pairs(xyz: np.ndarray, system: System) -> tuple[np.ndarray, np.ndarray, list
     return np.stack([d[k][0] for k in labels], 1), np.stack([d[k][1] for k in labels], 1), labels
 
 
-def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, max_ot: int = 10000,
-                    seed: int = 0, nll_frames: int | None = None) -> dict[str, Any]:
-    """metrics.json content for one sample set against the dataset's test split.
+class Reference:
+    """The MD frames a proposal is judged against: the test splits of one or more datasets of a system, joined.
+
+    ``xyz`` [n, N, 3] nm and ``energies_kt`` [n] are the joined test frames, in the order the datasets are
+    given. The noise-floor block is, for each dataset, its first frames outside its test split, as many
+    as its test split holds (time-separated from it); ``floor_blocks`` is None when a dataset holds
+    fewer than twice its test frames.
+    """
+
+    def __init__(self, datasets: Dataset | Sequence[Dataset]):
+        self.datasets = [datasets] if isinstance(datasets, Dataset) else list(datasets)
+        if not self.datasets:
+            raise BgkitError("a reference needs at least one dataset")
+        folders = [str(Path(d.folder).resolve()) for d in self.datasets]
+        if len(set(folders)) < len(folders):
+            raise BgkitError(f"dataset {next(f for f in folders if folders.count(f) > 1)} is given twice")
+        names = {d.system.name for d in self.datasets}
+        if len(names) > 1:
+            raise BgkitError(f"the reference datasets are of different systems: {', '.join(sorted(names))}")
+        self.system = self.datasets[0].system
+        self.test_indices = [d.split_indices()["test"] for d in self.datasets]
+        self.xyz = np.concatenate([d.xyz[i] for d, i in zip(self.datasets, self.test_indices)])
+        self.energies_kt = np.concatenate([d.energies_kt[i] for d, i in zip(self.datasets, self.test_indices)])
+
+    @property
+    def floor_blocks(self) -> list[np.ndarray] | None:
+        """Per dataset, the frame indices of its noise-floor block; None if one is too short."""
+        blocks = []
+        for d, test in zip(self.datasets, self.test_indices):
+            other = np.setdiff1d(np.arange(d.n_frames), test)
+            if len(other) < len(test) or len(test) == 0:
+                return None
+            blocks.append(other[: len(test)])
+        return blocks
+
+    @classmethod
+    def of_system(cls, system: System) -> "Reference":
+        """The system's default reference: the datasets its ``system.yaml`` names (``reference``; default ``md``)."""
+        from bgkit.md.dataset import load_dataset
+
+        missing = [f for f in system.reference_folders if not (f / "dataset.json").is_file()]
+        if missing:
+            raise BgkitError(f"system '{system.name}' has no reference data at {missing[0]}: simulate it "
+                             "(`bgkit simulate`) or pass --data")
+        return cls([load_dataset(f, system) for f in system.reference_folders])
+
+    def record(self) -> dict[str, Any]:
+        """The ``reference`` entry of metrics.json: folders, split, frames (in all and per dataset)."""
+        folders = [str(d.folder) for d in self.datasets]
+        return {"dataset": " + ".join(folders), "datasets": folders, "split": "test", "frames": int(len(self.xyz)),
+                "frames_per_dataset": [int(len(i)) for i in self.test_indices]}
+
+
+def as_reference(reference: Reference | Dataset | Sequence[Dataset]) -> Reference:
+    """A :class:`Reference` as it is, or one of a dataset or of several."""
+    return reference if isinstance(reference, Reference) else Reference(reference)
+
+
+def compute_metrics(result: SampleResult, proposal: Proposal, reference: Reference | Dataset | Sequence[Dataset],
+                    max_ot: int = 10000, seed: int = 0, nll_frames: int | None = None) -> dict[str, Any]:
+    """metrics.json content for one sample set against the reference (a :class:`Reference` or its datasets).
 
     ``nll_frames``: compute the test NLL on this many evenly spaced test frames (None: all).
     """
     from bgkit.metrics import energy_w2_with_counts, torsion_w2
 
-    system = dataset.system
-    test_idx = dataset.split_indices()["test"]
-    test_xyz = dataset.xyz[test_idx]
-    e_md = dataset.energies_kt[test_idx]
+    ref = as_reference(reference)
+    system = ref.system
+    test_xyz = ref.xyz
+    e_md = ref.energies_kt
     from bgkit.reweight import resample
 
     idx = result.weights.indices
@@ -91,7 +153,7 @@ def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, 
     log_q_test = proposal.log_prob(test_xyz[nll_idx])
     log_w_test = -e_md[nll_idx] - log_q_test
     log_w_test = log_w_test[np.isfinite(log_w_test)]
-    floor = noise_floor(dataset, t_md, max_ot=max_ot, seed=seed)
+    floor = noise_floor(ref, t_md, max_ot=max_ot, seed=seed)
     return {
         "system": system.name,
         "n_samples": int(len(result.energy_kt)),
@@ -114,40 +176,39 @@ def compute_metrics(result: SampleResult, proposal: Proposal, dataset: Dataset, 
         "n_clipped": result.weights.n_clipped,
         "noise_floor": floor,
         "coords": proposal.transform.kind,
-        "reference": {"dataset": str(dataset.folder), "split": "test", "frames": int(len(test_idx))},
+        "reference": ref.record(),
         "units": {"e_w2": "kT", "t_w2": "rad", "nll_test": "nats per sample, nm^-(3N-3) density, centroid-free",
                   "log_w_std_test": "nats: std of -u/kT - log q over the NLL frames (0 for a perfect proposal)"},
     }
 
 
-def noise_floor(dataset: Dataset, t_test: np.ndarray | None = None, max_ot: int = 10000,
+def noise_floor(reference: Reference | Dataset, t_test: np.ndarray | None = None, max_ot: int = 10000,
                 seed: int = 0) -> dict[str, Any] | None:
-    """E-W2 (kT) and T-W2 (rad) between the test split and an equal-size disjoint block of the same MD.
+    """E-W2 (kT) and T-W2 (rad) between the reference's test frames and its equal-size noise-floor block.
 
-    The block is the first ``n_test`` frames outside the test split (time-separated from it).
-    None when the dataset holds fewer than twice the test frames.
+    ``block_frames``: per dataset, the [first, last + 1) frame range of its block.
+    None when a dataset holds fewer than twice its test frames.
     """
     from bgkit.metrics import energy_w2_with_counts, torsion_w2
 
-    test_idx = dataset.split_indices()["test"]
-    other = np.setdiff1d(np.arange(dataset.n_frames), test_idx)
-    if len(other) < len(test_idx) or len(test_idx) == 0:
+    ref = as_reference(reference)
+    blocks = ref.floor_blocks
+    if blocks is None:
         return None
-    block = other[: len(test_idx)]
-    t_test = torsions(dataset.xyz[test_idx], dataset.system) if t_test is None else t_test
-    t_block = torsions(dataset.xyz[block], dataset.system)
-    return {"e_w2": energy_w2_with_counts(dataset.energies_kt[test_idx], dataset.energies_kt[block])[0],
-            "t_w2": torsion_w2(t_test, t_block, max_samples=max_ot, seed=seed),
-            "block_frames": [int(block[0]), int(block[-1]) + 1], "frames": int(len(block))}
+    xyz = np.concatenate([d.xyz[b] for d, b in zip(ref.datasets, blocks)])
+    e_block = np.concatenate([d.energies_kt[b] for d, b in zip(ref.datasets, blocks)])
+    t_test = torsions(ref.xyz, ref.system) if t_test is None else t_test
+    return {"e_w2": energy_w2_with_counts(ref.energies_kt, e_block)[0],
+            "t_w2": torsion_w2(t_test, torsions(xyz, ref.system), max_samples=max_ot, seed=seed),
+            "block_frames": [[int(b[0]), int(b[-1]) + 1] for b in blocks], "frames": int(len(xyz))}
 
 
-def write_figures(result: SampleResult, dataset: Dataset, out: Path) -> list[str]:
+def write_figures(result: SampleResult, reference: Reference, out: Path) -> list[str]:
     """Ramachandran (MD | proposal | reweighted), energy histograms, log-weight histogram."""
     from bgkit import plots
 
-    system = dataset.system
-    test_idx = dataset.split_indices()["test"]
-    md_phi, md_psi, labels = pairs(dataset.xyz[test_idx], system)
+    system = reference.system
+    md_phi, md_psi, labels = pairs(reference.xyz, system)
     ok = np.isfinite(result.xyz).all(axis=(1, 2))
     q_phi, q_psi, _ = pairs(result.xyz[ok], system)
     w = normalized_weights(result.weights.log_w_clipped[ok])
@@ -155,7 +216,7 @@ def write_figures(result: SampleResult, dataset: Dataset, out: Path) -> list[str
                                "reweighted": (q_phi, q_psi, w)}, out / "ramachandran.png",
                               title=f"{system.name}: Ramachandran", pair_labels=labels)
     w_all = normalized_weights(result.weights.log_w_clipped)
-    plots.energy_histograms({"reference MD": dataset.energies_kt[test_idx], "proposal": result.energy_kt,
+    plots.energy_histograms({"reference MD": reference.energies_kt, "proposal": result.energy_kt,
                              "reweighted": (result.energy_kt, w_all)}, out / "energies.png",
                             title=f"{system.name}: energies")
     plots.log_weight_histogram(result.weights.log_w, out / "log_weights.png", title=f"{system.name}: log-weights")
@@ -168,17 +229,19 @@ def write_metrics(metrics: dict[str, Any], out: Path) -> Path:
     return atomic_write_json({**metrics, "provenance": provenance(system=metrics["system"])}, out / "metrics.json")
 
 
-def write_evaluation(result: SampleResult, proposal: Proposal, dataset: Dataset, system: System, out: str | Path,
-                     force: bool = False, seed: int = 0, nll_frames: int | None = None) -> dict[str, Any]:
+def write_evaluation(result: SampleResult, proposal: Proposal, reference: Reference | Dataset | Sequence[Dataset],
+                     system: System, out: str | Path, force: bool = False, seed: int = 0,
+                     nll_frames: int | None = None) -> dict[str, Any]:
     """Metrics, samples (``bgkit.sample.write_sample_folder``), metrics.json and figures into ``out``; the metrics."""
     from bgkit.outputs import add_to_marker
     from bgkit.sample import write_sample_folder
 
-    metrics = compute_metrics(result, proposal, dataset, seed=seed, nll_frames=nll_frames)
+    ref = as_reference(reference)
+    metrics = compute_metrics(result, proposal, ref, seed=seed, nll_frames=nll_frames)
     out = write_sample_folder(result, system, out, force, extra={"model": str(proposal.path), "seed": seed},
                               kind="bgkit.evaluation", more_files=("metrics.json", *FIGURES))
     write_metrics(metrics, out)
-    add_to_marker(out, ["metrics.json", *write_figures(result, dataset, out)])
+    add_to_marker(out, ["metrics.json", *write_figures(result, ref, out)])
     return metrics
 
 
@@ -218,9 +281,9 @@ def positions_of(source: str | Path, reweighted: bool = False) -> tuple[np.ndarr
 def energy_sets(sample_folder: str | Path) -> tuple[str, dict[str, Any]]:
     """(system name, {label: energies or (energies, weights)}) of a sample folder, for energy histograms.
 
-    Labels: "reference MD" (the system's shipped MD test split, when there is one), "proposal", "reweighted".
+    Labels: "reference MD" (the test frames of the system's default reference, when it has one), "proposal",
+    "reweighted".
     """
-    from bgkit.md.dataset import load_dataset
     from bgkit.sample import load_sample_folder
     from bgkit.systems import load_system
 
@@ -228,8 +291,7 @@ def energy_sets(sample_folder: str | Path) -> tuple[str, dict[str, Any]]:
     name = d["summary"]["system"]
     sets: dict[str, Any] = {}
     try:
-        ds = load_dataset(load_system(name).folder)
-        sets["reference MD"] = ds.energies_kt[ds.split_indices()["test"]]
+        sets["reference MD"] = Reference.of_system(load_system(name)).energies_kt
     except BgkitError:
         pass
     sets["proposal"] = d["energy_kt"]

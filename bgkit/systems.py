@@ -14,6 +14,8 @@ A system lives in a folder with a ``system.yaml`` and a topology PDB::
       sequence: [ACE, ALA, NME]
     md:                                 # optional: reference-MD settings
       friction_per_ps: 1.0
+    reference: [md]                     # optional: dataset folders whose test splits, joined,
+                                        # are `bgkit evaluate`'s default reference
 
 Force-field entries are either files relative to the system folder or names
 of OpenMM's bundled force fields. The shipped systems are the sub-folders of
@@ -70,6 +72,7 @@ class SystemSpec:
     description: str = ""
     build: dict[str, Any] = field(default_factory=dict)
     md: dict[str, Any] = field(default_factory=dict)
+    reference: tuple[str, ...] = ("md",)
 
     @classmethod
     def from_yaml(cls, path: Path) -> "SystemSpec":
@@ -131,8 +134,15 @@ class SystemSpec:
         md = raw.get("md") or {}
         if not isinstance(md, dict) or not all(k in ("friction_per_ps",) for k in md):
             raise BgkitError(f"malformed {source}: 'md' must be a mapping with optional key friction_per_ps")
+        reference = raw.get("reference", ["md"])
+        if isinstance(reference, str):
+            reference = [reference]
+        if (not isinstance(reference, list) or not reference
+                or not all(isinstance(r, str) and r and not Path(r).is_absolute() for r in reference)):
+            raise BgkitError(f"malformed {source}: 'reference' must be a list of dataset folders inside the system folder")
         return cls(
             md=dict(md),
+            reference=tuple(reference),
             name=str(raw["name"]),
             topology=str(raw["topology"]),
             forcefield=tuple(ff),
@@ -171,6 +181,11 @@ class System:
     def kT(self) -> float:
         """Thermal energy k_B T in kJ/mol."""
         return MOLAR_GAS_CONSTANT * self.spec.temperature_K
+
+    @property
+    def reference_folders(self) -> list[Path]:
+        """The dataset folders whose test splits, joined, are the default evaluation reference."""
+        return [self.folder / r for r in self.spec.reference]
 
     @property
     def pdb_path(self) -> Path:

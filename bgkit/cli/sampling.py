@@ -89,28 +89,32 @@ def sample(system_name, model, n, seed, batch_size, device, workers, out, force)
 
 @click.command()
 @_with_options(_sample_options)
-@click.option("--data", default=None, help="Reference dataset (default: the system's shipped data); its test split is used.")
+@click.option("--data", multiple=True,
+              help="Reference dataset folder (default: the datasets the system.yaml names as its reference, `md/` "
+                   "unless it says otherwise); its test split is used. Repeat "
+                   "it to judge against the test splits of several datasets of the system joined (e.g. two "
+                   "independent trajectories: a reference with a lower noise floor).")
 @click.option("--nll-frames", type=int, default=None,
               help="Test NLL on this many evenly spaced test frames (default: all; for teachers, whose exact "
                    "likelihood costs one ODE solve with D vector-Jacobian products per step).")
 def evaluate(system_name, model, n, seed, batch_size, device, workers, out, force, data, nll_frames) -> None:
-    """Sample, then compare with the system's MD test split: metrics.json and figures."""
-    from bgkit.evaluate import FIGURES, metrics_lines, write_evaluation
+    """Sample, then compare with the MD test split of the reference data: metrics.json and figures."""
+    from bgkit.evaluate import FIGURES, Reference, metrics_lines, write_evaluation
     from bgkit.md.dataset import load_dataset
     from bgkit.systems import load_system
 
     out = _sample_out(out, force, _prefix("evaluate", system_name))  # fail before reading data or sampling
     system = load_system(system_name)
-    dataset = load_dataset(data or system.folder, system)
     if nll_frames is not None and nll_frames < 1:
         raise BgkitError(f"--nll-frames must be >= 1, got {nll_frames}")
-    dataset.xyz  # read (and check) the data now
+    # reads and checks the data now, before sampling
+    reference = Reference([load_dataset(d, system) for d in data]) if data else Reference.of_system(system)
     _check_args(n, batch_size, workers)
     proposal, result = _draw(system, model, n, seed, batch_size, device, workers)
     if result is None:
         return
     _print_summary(result)
-    metrics = write_evaluation(result, proposal, dataset, system, out, force, seed=seed, nll_frames=nll_frames)
+    metrics = write_evaluation(result, proposal, reference, system, out, force, seed=seed, nll_frames=nll_frames)
     for line in metrics_lines(metrics):
         click.echo(line)
     click.echo(f"wrote {out}/ (metrics.json, {', '.join(FIGURES)}, samples)")
