@@ -138,7 +138,8 @@ class SystemSpec:
         if isinstance(reference, str):
             reference = [reference]
         if (not isinstance(reference, list) or not reference
-                or not all(isinstance(r, str) and r and not Path(r).is_absolute() for r in reference)):
+                or not all(isinstance(r, str) and r and not Path(r).is_absolute() and ".." not in Path(r).parts
+                           for r in reference)):
             raise BgkitError(f"malformed {source}: 'reference' must be a list of dataset folders inside the system folder")
         return cls(
             md=dict(md),

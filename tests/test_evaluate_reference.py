@@ -106,6 +106,7 @@ def test_system_yaml_names_the_default_reference(tmp_path, ala2_datasets):
 
 @pytest.mark.parametrize("line, message", [("reference: [md, nothere]", "has no reference data"),
                                            ("reference: []", "malformed"), ("reference: [/abs/md]", "malformed"),
+                                           ("reference: [../md]", "malformed"),
                                            ("reference: {md: 1}", "malformed")])
 def test_bad_reference_entries_fail_in_one_line(tmp_path, line, message):
     with pytest.raises(BgkitError, match=message):
