@@ -100,14 +100,16 @@ def load_proposal(system: System | str, model: str | Path | None = None, device:
     return Proposal.load(path, system=system, device=device)
 
 
-def _dist() -> tuple[int, int]:
+def _dist() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group) under torchrun; (0, 1, False) alone."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 
-        if not dist.is_initialized():
+        owns = not dist.is_initialized()
+        if owns:
             dist.init_process_group("gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        return dist.get_rank(), dist.get_world_size(), owns
+    return 0, 1, False
 
 
 def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: int = 2000, seed: int = 0,
@@ -127,7 +129,7 @@ def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: i
         raise BgkitError(f"chirality must be 'drop' or 'keep', got {chirality!r}")
     system = load_system(system)
     proposal.check_system(system)
-    rank, world = _dist()
+    rank, world, owns_group = _dist()
     share = n // world + (1 if rank < n % world else 0)
     generator = torch.Generator(device=proposal.device).manual_seed(int(seed) * 1000003 + rank)
     workers = n_workers or max(1, (os.cpu_count() or 1) // world)
@@ -168,8 +170,16 @@ def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: i
     if world > 1:
         import torch.distributed as dist
 
+        from bgkit.train.distributed import destroy_group
+
         gathered = [None] * world if rank == 0 else None
-        dist.gather_object(local, gathered, dst=0)
+        finished = False
+        try:
+            dist.gather_object(local, gathered, dst=0)
+            finished = True
+        finally:
+            if owns_group:
+                destroy_group(finished)
         if rank != 0:
             return None
         xyz_all = np.concatenate([g[0] for g in gathered])

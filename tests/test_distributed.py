@@ -20,11 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
-def torchrun(*args: str, timeout: float = 150.0) -> subprocess.CompletedProcess:
-    """Run the helper under `torchrun --nproc_per_node 2 --standalone` (killed as a group on timeout)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+def torchrun(*args: str, timeout: float = 150.0, target: tuple[str, ...] = (str(HELPER),)) -> subprocess.CompletedProcess:
+    """Run ``target`` (default: the helper) under `torchrun --nproc_per_node 2 --standalone` (group-killed on timeout)."""
+    # PYTHONFAULTHANDLER: a worker killed by a C++ abort prints every thread's Python stack
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(HELPER), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *target, *args]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
@@ -63,9 +64,10 @@ def test_two_ranks_train_identically_and_match_one_process(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_distributed_resume_after_crash_is_bit_identical(tmp_path: Path) -> None:
     full, part = tmp_path / "full.pt", tmp_path / "part.pt"
-    assert torchrun(str(full), str(tmp_path / "d_full"), "--augment").returncode == 0
+    uninterrupted = torchrun(str(full), str(tmp_path / "d_full"), "--augment")
+    assert uninterrupted.returncode == 0, uninterrupted.stdout[-3000:]
     crashed = torchrun(str(part), str(tmp_path / "d_crash"), "--crash-at", "8")
-    assert crashed.returncode != 0 and "simulated crash" in crashed.stdout
+    assert crashed.returncode != 0 and "simulated crash" in crashed.stdout, crashed.stdout[-3000:]
     assert load_checkpoint(part)["step"] == 5
     resumed = torchrun(str(part), str(tmp_path / "d_resumed"), "--augment", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:]
@@ -76,3 +78,33 @@ def test_distributed_resume_after_crash_is_bit_identical(tmp_path: Path) -> None
         assert torch.equal(a["rng"][r]["torch"], b["rng"][r]["torch"])
     r0, r1 = _ranks(tmp_path / "d_resumed")
     assert all(torch.equal(r0[k], r1[k]) and torch.equal(r0[k], a["model"][k]) for k in r0)
+
+
+@pytest.mark.slow
+def test_two_rank_sampling_gathers_each_ranks_share(tmp_path: Path) -> None:
+    """`bgkit sample` under torchrun: rank 0 writes all samples; its share equals a one-process draw of its seed."""
+    from bgkit.sample import draw, load_proposal, load_sample_folder
+
+    out = tmp_path / "s"
+    run = torchrun("sample", "--system", "ala2", "--n", "60", "--batch-size", "20", "--workers", "1", "--seed", "4",
+                   "--out", str(out), target=("-m", "bgkit.cli", "--"))
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert run.stdout.count("wrote ") == 1  # only rank 0 writes
+    folder = load_sample_folder(out)
+    assert folder["summary"]["n"] == 60
+    alone = draw(load_proposal("ala2"), "ala2", n=30, batch_size=20, seed=4, n_workers=1, progress=False)
+    np.testing.assert_allclose(folder["log_q"][:30], alone.log_q, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(folder["energy_kt"][:30], alone.energy_kt, rtol=1e-5, atol=1e-3)
+    assert not np.allclose(folder["log_q"][30:], alone.log_q)  # rank 1 drew with its own seed
+
+
+@pytest.mark.slow
+def test_two_rank_cli_training_writes_one_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "m.pt"
+    run = torchrun("train", "--system", "ala2", "--arch", "nsf", "--objective", "mle", "--coords", "internal",
+                   "--steps", "6", "--batch-size", "64", "--hparams", '{"hidden": 16, "n_layers": 2}', "--out", str(out),
+                   target=("-m", "bgkit.cli", "--"))
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert run.stdout.count(f"wrote {out}") == 1  # rank 0 reports the checkpoint it wrote
+    state = load_checkpoint(out)
+    assert state["final"] and state["step"] == 6 and state["world_size"] == 2 and len(state["rng"]) == 2

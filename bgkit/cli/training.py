@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -108,8 +109,9 @@ def _run_training(system_name: str, arch: str, objective: str, out: Path, resume
     result = train_proposal(system_name, arch, objective, out, hparams=hp, config_overrides=cfg, resume=resume,
                             **kwargs)
     m = result.metrics
-    click.echo(f"wrote {out}: {m.get('steps')} steps, final train loss {m.get('final_train_loss'):.4g}, "
-               f"val loss {m.get('final_val_loss')}, {m.get('samples_per_s', 0):.0f} samples/s")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 wrote the checkpoint
+        click.echo(f"wrote {out}: {m.get('steps')} steps, final train loss {m.get('final_train_loss'):.4g}, "
+                   f"val loss {m.get('final_val_loss')}, {m.get('samples_per_s', 0):.0f} samples/s")
 
 
 def _objective_help(names: list[str]) -> str:

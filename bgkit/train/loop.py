@@ -36,7 +36,7 @@ from bgkit import BgkitError
 from bgkit.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, sanitize
 from bgkit.provenance import atomic_save, provenance
 from bgkit.train.config import RESUME_FIELDS, TrainConfig, lr_factor
-from bgkit.train.distributed import Dist, setup_dist
+from bgkit.train.distributed import Dist, destroy_group, setup_dist
 from bgkit.train.objectives import get_objective
 from bgkit.train.rows import BatchOrder, prepare_rows
 from bgkit.train.state import EMA, get_rng, seed_all, set_rng
@@ -128,12 +128,15 @@ def train(
         raise BgkitError(f"objective {config.objective!r} needs a Boltzmann target (the system's energy in the flow's "
                          "coordinates)")
     ctx = setup_dist(config)
+    finished = False
     try:
-        return _train(flow, train_data, val_data, config, Path(out_path), resume, augment,
-                      extra_checkpoint, progress, ctx, target)
+        result = _train(flow, train_data, val_data, config, Path(out_path), resume, augment,
+                        extra_checkpoint, progress, ctx, target)
+        finished = True
+        return result
     finally:
         if ctx.owns_group:
-            torch.distributed.destroy_process_group()
+            destroy_group(finished)
 
 
 def _train(
