@@ -170,7 +170,7 @@ def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: i
     if world > 1:
         import torch.distributed as dist
 
-        from bgkit.train.distributed import destroy_group
+        from bgkit.distributed import destroy_group
 
         gathered = [None] * world if rank == 0 else None
         finished = False

@@ -36,7 +36,8 @@ from bgkit import BgkitError
 from bgkit.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, sanitize
 from bgkit.provenance import atomic_save, provenance
 from bgkit.train.config import RESUME_FIELDS, TrainConfig, lr_factor
-from bgkit.train.distributed import Dist, destroy_group, setup_dist
+from bgkit.distributed import destroy_group
+from bgkit.train.distributed import Dist, setup_dist
 from bgkit.train.objectives import get_objective
 from bgkit.train.rows import BatchOrder, prepare_rows
 from bgkit.train.state import EMA, get_rng, seed_all, set_rng
