@@ -177,6 +177,20 @@ def teacher(tmp_path_factory):
     return path
 
 
+def test_wcfm_training_history_reports_pair_weight_ess(tmp_path) -> None:
+    """W-CFM's pair-weight ESS/B reaches the checkpoint's history (finite temperature: below 1)."""
+    from bgkit.checkpoint import load_checkpoint
+    from bgkit.train.molecular import train_proposal
+
+    path = tmp_path / "w.pt"
+    train_proposal("ala2", "cnf", "wcfm", path, coords="internal", max_frames=500, progress=False,
+                   hparams={"hidden": 16, "n_blocks": 1},
+                   config_overrides={"steps": 4, "batch_size": 64, "warmup_steps": 1, "val_every": 2,
+                                     "ckpt_every": 2, "wcfm_kappa": 0.2})
+    history = load_checkpoint(path)["history"]
+    assert len(history) == 2 and all(0.0 < h["weight_ess"] < 1.0 for h in history)
+
+
 def test_teacher_is_a_proposal(teacher) -> None:
     """A teacher samples molecules with log q consistent with its own log_prob (the ODE both ways)."""
     from bgkit.proposal import Proposal

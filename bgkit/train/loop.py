@@ -34,9 +34,9 @@ from torch import Tensor, nn
 
 from bgkit import BgkitError
 from bgkit.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, sanitize
+from bgkit.distributed import destroy_group
 from bgkit.provenance import atomic_save, provenance
 from bgkit.train.config import RESUME_FIELDS, TrainConfig, lr_factor
-from bgkit.distributed import destroy_group
 from bgkit.train.distributed import Dist, setup_dist
 from bgkit.train.objectives import get_objective
 from bgkit.train.rows import BatchOrder, prepare_rows
@@ -45,6 +45,8 @@ from bgkit.train.state import EMA, get_rng, seed_all, set_rng
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
 Augment = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
+#: an objective's per-batch statistics kept in the history at each validation (KL terms, W-CFM pair-weight ESS/B, FDM residual)
+_REPORTED_STATS = ("kl", "log_w_std", "weight_ess", "cdm")
 
 
 @dataclass
@@ -230,7 +232,7 @@ def _train(
                 last_val = _validate(ema.model, val, cfg, ctx)
                 history.append({"step": step, "train_loss": float(np.mean(window)), "val_loss": last_val,
                                 "lr": scheduler.get_last_lr()[0],
-                                **{k: stats[k] for k in ("kl", "log_w_std") if k in stats}})
+                                **{k: stats[k] for k in _REPORTED_STATS if k in stats}})
             elapsed = time.perf_counter() - t0
             rate = (step - start_step) * cfg.batch_size / max(elapsed, 1e-9)
             if step % cfg.ckpt_every == 0 or is_last:
@@ -257,6 +259,8 @@ def _train(
                         post["val"] = f"{last_val:.4g}"
                     if "log_w_std" in stats:
                         post["logw_std"] = f"{stats['log_w_std']:.3g}"
+                    if "weight_ess" in stats:  # W-CFM: ESS/B of the batch's pair weights
+                        post["w_ess"] = f"{stats['weight_ess']:.3g}"
                     bar.set_postfix(post, refresh=False)
             if is_last:
                 break
