@@ -71,4 +71,3 @@ def setup_dist(cfg: TrainConfig) -> Dist:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         ctx.rank, ctx.world, ctx.owns_group = dist.get_rank(), dist.get_world_size(), True
     return ctx
-
