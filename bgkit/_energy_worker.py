@@ -3,6 +3,11 @@
 Imported in the child only (spawn-safe); depends on numpy and OpenMM alone so
 that a worker starts in well under a second.
 
+A reader thread takes every message off the pipe as soon as it arrives, so the
+parent's send of the next job never waits on the child's send of a result
+(a large result with forces and a large job in flight at once would otherwise
+fill both directions of the pipe and deadlock).
+
 Protocol over a duplex Pipe (parent -> child, then child -> parent)::
 
     start:   child sends ("ready", platform_name) or ("error", message)
@@ -15,7 +20,9 @@ flags: 0 ok, 1 non-finite positions, 2 overlapping atoms, 3 non-finite energy.
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import threading
 
 import numpy as np
 
@@ -90,12 +97,11 @@ def worker_main(conn, system_xml: str, platform_name: str) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", context.getPlatform().getName()))
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_read_messages, args=(conn, inbox), daemon=True).start()
     crash_after = None
     while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):  # parent went away
-            return
+        msg = inbox.get()
         if msg[0] == "stop":
             return
         if msg[0] == "crash":
@@ -106,4 +112,17 @@ def worker_main(conn, system_xml: str, platform_name: str) -> None:
         try:
             conn.send(("done", job_id, energies, forces, flags))
         except (BrokenPipeError, OSError):
+            return
+
+
+def _read_messages(conn, inbox: queue.SimpleQueue) -> None:
+    """Move every message from the pipe to ``inbox`` until the parent stops us or goes away."""
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # parent went away
+            inbox.put(("stop",))
+            return
+        inbox.put(msg)
+        if msg[0] == "stop":
             return

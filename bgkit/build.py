@@ -102,6 +102,10 @@ def build_peptide(system: System, minimize: bool = True) -> str:
     from openmm import Context
     from pdbfixer import PDBFixer
 
+    if system.source != "forcefield":
+        what = {"amber": "an AMBER prmtop", "openmm_system": "an OpenMM System XML"}.get(system.source, system.source)
+        raise BgkitError(f"system '{system.name}' comes from {what}: its structure comes with its files, "
+                         "there is nothing to build")
     build = system.spec.build
     sequence = build.get("sequence")
     if not sequence or not isinstance(sequence, list):

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from bgkit import BgkitError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "sanitize"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "non_finite_weight", "sanitize"]
 
 CHECKPOINT_FORMAT = "bgkit-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -49,13 +49,30 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise BgkitError(f"{path} is not a bgkit checkpoint")
     version = ckpt.get("format_version", 1)
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BgkitError(f"checkpoint {path} has a malformed format_version {version!r} (not a version number "
+                         ">= 1): the file is damaged or was not written by bgkit")
+    if version > CHECKPOINT_VERSION:
         raise BgkitError(f"{path} has checkpoint format version {version!r}; this bgkit reads versions up to "
                          f"{CHECKPOINT_VERSION}: update bgkit")
     missing = [k for k in ("model", "config", "step") if k not in ckpt]
     if missing:
         raise BgkitError(f"checkpoint {path} lacks {', '.join(missing)}")
+    for key in ("model", "raw_model"):
+        bad = non_finite_weight(ckpt.get(key)) if isinstance(ckpt.get(key), dict) else None
+        if bad:
+            raise BgkitError(f"checkpoint {path} has non-finite weights ({key} {bad}): it is the state of a "
+                             "diverged training run and cannot be used; train again (e.g. with a lower --lr)")
     return ckpt
+
+
+def non_finite_weight(weights: Any) -> str | None:
+    """The name of the first floating tensor of ``weights`` (a module or a state dict) holding NaN or inf, else None."""
+    items = weights.state_dict().items() if hasattr(weights, "state_dict") else dict(weights or {}).items()
+    for name, value in items:
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return str(name)
+    return None
 
 
 def sanitize(obj: Any, where: str) -> Any:

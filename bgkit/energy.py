@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import warnings
 import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -107,6 +108,10 @@ class EnergyModel:
         self.n_workers = default_n_workers() if n_workers is None else int(n_workers)
         if self.n_workers < 1:
             raise BgkitError(f"n_workers must be at least 1 (None: all cores), got {n_workers}")
+        if self.n_workers > default_n_workers():
+            warnings.warn(f"{self.n_workers} energy workers asked for, {default_n_workers()} cores available: "
+                          f"using {default_n_workers()}", stacklevel=2)
+            self.n_workers = default_n_workers()
         self.platform = platform or self.system.preferred_platform()
         self.chunk_size = int(chunk_size)
         self.min_distance = float(min_distance)

@@ -21,6 +21,7 @@ best a proposal can be expected to reach on this reference.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,58 @@ from bgkit.systems import System
 #: metrics that ``bgkit evaluate`` prints, in order
 PRINTED_METRICS = ("ess", "ess_fraction", "ess_fraction_clipped", "e_w2_proposal", "e_w2_resampled",
                    "e_w2_resampled_unclipped", "t_w2_proposal", "t_w2_resampled", "t_w2_resampled_unclipped",
-                   "nll_test", "log_w_std_test", "samples_per_second")
+                   "nll_test", "log_w_std_test", "ram_tv", "samples_per_second")
+@dataclass(frozen=True)
+class Protocol:
+    """How a literature family measures a proposal: the sample count, the log-weight treatment and where
+    E-W2/T-W2 are measured. ``ess_clip``: "cap" sets the largest ``ess_clip_fraction`` of the log-weights to
+    the largest of the others before the protocol's ESS, "drop" removes them, None reports the raw ESS;
+    ``clip_fraction``: dropped before resampling for E-W2/T-W2 (the resampled set)."""
+
+    name: str
+    n: int
+    clip_fraction: float
+    ess_clip: str | None
+    ess_clip_fraction: float
+    description: str
+
+
+#: the evaluation protocols of ``bgkit evaluate --protocol``
+PROTOCOLS = {
+    "bgkit": Protocol("bgkit", 10_000, 0.002, None, 0.0,
+                      "bgkit's default: ESS/N unclipped (clipped beside it); E-W2/T-W2 of the set resampled after "
+                      "dropping the top 0.2 % of the log-weights, and of the unclipped resampled set"),
+    "internal": Protocol("internal", 1_000_000, 1e-4, "cap", 1e-4,
+                         "internal-coordinate BG papers (FAB, TA-BG, constrained mass transport): ESS/N of 10^6 "
+                         "samples with the largest 10^-4 of the log-weights clipped (capped at the largest of the others)"),
+    "cartesian": Protocol("cartesian", 200_000, 0.002, "drop", 0.002,
+                          "Cartesian BG papers (SBG, FALCON, autoregressive BGs): 2·10^5 samples, the top 0.2 % of the "
+                          "log-weights dropped; ESS/N and E-W2/T-W2 of the resampled set after the drop"),
+}
+
+
+def protocol_ess(log_w: np.ndarray, protocol: Protocol) -> float:
+    """ESS/N of log-weights [N] as ``protocol`` reports it (N: all samples, clipped ones included)."""
+    from bgkit.reweight import clip_log_weights, kish_ess
+
+    lw = np.asarray(log_w, dtype=np.float64)
+    if protocol.ess_clip is None or protocol.ess_clip_fraction == 0:
+        return kish_ess(lw) / len(lw)
+    if protocol.ess_clip == "drop":
+        return kish_ess(clip_log_weights(lw, protocol.ess_clip_fraction)[0]) / len(lw)
+    finite = np.sort(lw[np.isfinite(lw)])
+    k = int(np.floor(protocol.ess_clip_fraction * finite.size))
+    if k == 0:
+        return kish_ess(lw) / len(lw)
+    cap = finite[-k - 1] if k < finite.size else finite[0]
+    return kish_ess(np.minimum(lw, cap)) / len(lw)
+
+
 #: the figures :func:`write_figures` draws into an evaluation folder
 FIGURES = ("ramachandran.png", "energies.png", "log_weights.png")
+#: a reference with fewer test frames (all its datasets' test splits together) is refused: W2 and NLL of a
+#: handful of correlated MD frames say nothing
+MIN_TEST_FRAMES = 20
 
 
 def labelled_torsions(xyz: np.ndarray, system: System) -> tuple[np.ndarray, list[str]]:
@@ -63,7 +113,17 @@ def pairs(xyz: np.ndarray, system: System) -> tuple[np.ndarray, np.ndarray, list
 
     d = phi_psi_pairs(mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), system.topology))
     labels = list(d)
+    if not labels:  # a molecule without backbone φ/ψ (a small molecule)
+        empty = np.zeros((len(xyz), 0))
+        return empty, empty, labels
     return np.stack([d[k][0] for k in labels], 1), np.stack([d[k][1] for k in labels], 1), labels
+
+
+def _torsion_w2(t_ref: np.ndarray, t_model: np.ndarray, max_ot: int, seed: int) -> float | None:
+    """T-W2 (rad) of two torsion sets [n, k], [m, k]; None for a molecule without backbone torsions (k = 0)."""
+    from bgkit.metrics import torsion_w2
+
+    return torsion_w2(t_ref, t_model, max_samples=max_ot, seed=seed) if t_ref.shape[1] else None
 
 
 class Reference:
@@ -87,6 +147,11 @@ class Reference:
             raise BgkitError(f"the reference datasets are of different systems: {', '.join(sorted(names))}")
         self.system = self.datasets[0].system
         self.test_indices = [d.split_indices()["test"] for d in self.datasets]
+        n_test = sum(len(i) for i in self.test_indices)
+        if n_test < MIN_TEST_FRAMES:
+            where = ", ".join(f"{d.folder}: {d.n_frames} frames" for d in self.datasets)
+            raise BgkitError(f"the reference has {n_test} test frame(s) ({where}; the test split is the last 10% of "
+                             f"each replica): evaluation needs at least {MIN_TEST_FRAMES}, use a longer dataset")
         self.xyz = np.concatenate([d.xyz[i] for d, i in zip(self.datasets, self.test_indices)])
         self.energies_kt = np.concatenate([d.energies_kt[i] for d, i in zip(self.datasets, self.test_indices)])
 
@@ -125,8 +190,12 @@ def as_reference(reference: Reference | Dataset | Sequence[Dataset]) -> Referenc
 
 
 def compute_metrics(result: SampleResult, proposal: Proposal, reference: Reference | Dataset | Sequence[Dataset],
-                    max_ot: int = 10000, seed: int = 0, nll_frames: int | None = None) -> dict[str, Any]:
+                    max_ot: int = 10000, seed: int = 0, nll_frames: int | None = None,
+                    floor: bool = True, protocol: Protocol | None = None) -> dict[str, Any]:
     """metrics.json content for one sample set against the reference (a :class:`Reference` or its datasets).
+
+    ``floor``: also the MD noise floors (a property of the reference alone; False skips them, e.g. when the
+    same reference judges many sample sets). ``protocol``: recorded, with its ESS/N (:func:`protocol_ess`).
 
     ``nll_frames``: compute the test NLL on this many evenly spaced test frames (None: all).
     """
@@ -153,7 +222,8 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
     log_q_test = proposal.log_prob(test_xyz[nll_idx])
     log_w_test = -e_md[nll_idx] - log_q_test
     log_w_test = log_w_test[np.isfinite(log_w_test)]
-    floor = noise_floor(ref, t_md, max_ot=max_ot, seed=seed)
+    floor = noise_floor(ref, t_md, max_ot=max_ot, seed=seed) if floor else None
+    ram = ramachandran_distance(result, ref, floor=floor is not None)
     return {
         "system": system.name,
         "n_samples": int(len(result.energy_kt)),
@@ -161,15 +231,18 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
         "ess_fraction": result.weights.ess_fraction,
         "e_w2_proposal": e_w2_prop,
         "e_w2_resampled": e_w2_res,
-        "t_w2_proposal": torsion_w2(t_md, t_prop, max_samples=max_ot, seed=seed),
-        "t_w2_resampled": torsion_w2(t_md, t_res, max_samples=max_ot, seed=seed),
+        "t_w2_proposal": _torsion_w2(t_md, t_prop, max_ot, seed),
+        "t_w2_resampled": _torsion_w2(t_md, t_res, max_ot, seed),
         "e_w2_resampled_unclipped": energy_w2_with_counts(e_md, result.energy_kt[idx_all])[0],
-        "t_w2_resampled_unclipped": torsion_w2(t_md, t_res_all, max_samples=max_ot, seed=seed),
+        "t_w2_resampled_unclipped": _torsion_w2(t_md, t_res_all, max_ot, seed),
         "ess_fraction_clipped": result.weights.ess_fraction_clipped,
         "nll_test": float(-np.mean(log_q_test)),
         "nll_frames": int(len(nll_idx)),
         "log_w_std_test": float(np.std(log_w_test)) if len(log_w_test) > 1 else float("nan"),
         "samples_per_second": result.summary()["samples_per_second"],
+        **ram,
+        "protocol": asdict(protocol or PROTOCOLS["bgkit"]),
+        "ess_fraction_protocol": protocol_ess(result.weights.log_w, protocol or PROTOCOLS["bgkit"]),
         "n_nonfinite": result.weights.n_nonfinite,
         "n_nonfinite_energy_dropped_from_e_w2": n_drop,
         "n_wrong_chirality": int(result.wrong_chirality.sum()),
@@ -180,6 +253,33 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
         "units": {"e_w2": "kT", "t_w2": "rad", "nll_test": "nats per sample, nm^-(3N-3) density, centroid-free",
                   "log_w_std_test": "nats: std of -u/kT - log q over the NLL frames (0 for a perfect proposal)"},
     }
+
+
+def ramachandran_distance(result: SampleResult, reference: Reference, floor: bool = True) -> dict[str, Any]:
+    """Ramachandran total-variation distance (:func:`bgkit.metrics.ramachandran_tv`) of the reweighted
+    proposal (clipped weights) to the reference test frames, per φ/ψ pair and their mean; with its noise
+    floor (the same distance between the test frames and the noise-floor block). Empty without φ/ψ pairs."""
+    from bgkit.metrics import RAMA_TV_BINS, ramachandran_tv
+
+    system = reference.system
+    md_phi, md_psi, labels = pairs(reference.xyz, system)
+    if not labels:
+        return {}
+    w = np.exp(result.weights.log_w_clipped - np.max(result.weights.log_w_clipped))
+    ok = np.isfinite(result.xyz).all(axis=(1, 2)) & (w > 0)
+    q_phi, q_psi, _ = pairs(result.xyz[ok], system)
+    per_pair = {lab: ramachandran_tv(q_phi[:, k], q_psi[:, k], md_phi[:, k], md_psi[:, k], weights_a=w[ok])
+                for k, lab in enumerate(labels)}
+    out: dict[str, Any] = {"ram_tv": float(np.mean(list(per_pair.values()))), "ram_tv_per_pair": per_pair,
+                           "ram_tv_bins": f"{RAMA_TV_BINS} x {RAMA_TV_BINS} (10 degrees), clipped weights",
+                           "ram_tv_noise_floor": None}
+    blocks = reference.floor_blocks if floor else None
+    if blocks is not None:
+        xyz = np.concatenate([d.xyz[b] for d, b in zip(reference.datasets, blocks)])
+        b_phi, b_psi, _ = pairs(xyz, system)
+        out["ram_tv_noise_floor"] = float(np.mean([ramachandran_tv(b_phi[:, k], b_psi[:, k], md_phi[:, k], md_psi[:, k])
+                                                   for k in range(len(labels))]))
+    return out
 
 
 def noise_floor(reference: Reference | Dataset, t_test: np.ndarray | None = None, max_ot: int = 10000,
@@ -199,7 +299,7 @@ def noise_floor(reference: Reference | Dataset, t_test: np.ndarray | None = None
     e_block = np.concatenate([d.energies_kt[b] for d, b in zip(ref.datasets, blocks)])
     t_test = torsions(ref.xyz, ref.system) if t_test is None else t_test
     return {"e_w2": energy_w2_with_counts(ref.energies_kt, e_block)[0],
-            "t_w2": torsion_w2(t_test, torsions(xyz, ref.system), max_samples=max_ot, seed=seed),
+            "t_w2": _torsion_w2(t_test, torsions(xyz, ref.system), max_ot, seed),
             "block_frames": [[int(b[0]), int(b[-1]) + 1] for b in blocks], "frames": int(len(xyz))}
 
 
@@ -212,15 +312,19 @@ def write_figures(result: SampleResult, reference: Reference, out: Path) -> list
     ok = np.isfinite(result.xyz).all(axis=(1, 2))
     q_phi, q_psi, _ = pairs(result.xyz[ok], system)
     w = normalized_weights(result.weights.log_w_clipped[ok])
-    plots.ramachandran_panels({"reference MD": (md_phi, md_psi), "proposal": (q_phi, q_psi),
-                               "reweighted": (q_phi, q_psi, w)}, out / "ramachandran.png",
-                              title=f"{system.name}: Ramachandran", pair_labels=labels)
+    written = list(FIGURES)
+    if labels:
+        plots.ramachandran_panels({"reference MD": (md_phi, md_psi), "proposal": (q_phi, q_psi),
+                                   "reweighted": (q_phi, q_psi, w)}, out / "ramachandran.png",
+                                  title=f"{system.name}: Ramachandran", pair_labels=labels)
+    else:  # no backbone φ/ψ: no Ramachandran plot
+        written.remove("ramachandran.png")
     w_all = normalized_weights(result.weights.log_w_clipped)
     plots.energy_histograms({"reference MD": reference.energies_kt, "proposal": result.energy_kt,
                              "reweighted": (result.energy_kt, w_all)}, out / "energies.png",
                             title=f"{system.name}: energies")
     plots.log_weight_histogram(result.weights.log_w, out / "log_weights.png", title=f"{system.name}: log-weights")
-    return list(FIGURES)
+    return written
 
 
 def write_metrics(metrics: dict[str, Any], out: Path) -> Path:
@@ -231,13 +335,13 @@ def write_metrics(metrics: dict[str, Any], out: Path) -> Path:
 
 def write_evaluation(result: SampleResult, proposal: Proposal, reference: Reference | Dataset | Sequence[Dataset],
                      system: System, out: str | Path, force: bool = False, seed: int = 0,
-                     nll_frames: int | None = None) -> dict[str, Any]:
+                     nll_frames: int | None = None, protocol: Protocol | None = None) -> dict[str, Any]:
     """Metrics, samples (``bgkit.sample.write_sample_folder``), metrics.json and figures into ``out``; the metrics."""
     from bgkit.outputs import add_to_marker
     from bgkit.sample import write_sample_folder
 
     ref = as_reference(reference)
-    metrics = compute_metrics(result, proposal, ref, seed=seed, nll_frames=nll_frames)
+    metrics = compute_metrics(result, proposal, ref, seed=seed, nll_frames=nll_frames, protocol=protocol)
     out = write_sample_folder(result, system, out, force, extra={"model": str(proposal.path), "seed": seed},
                               kind="bgkit.evaluation", more_files=("metrics.json", *FIGURES))
     write_metrics(metrics, out)
@@ -247,11 +351,16 @@ def write_evaluation(result: SampleResult, proposal: Proposal, reference: Refere
 
 def metrics_lines(metrics: dict[str, Any]) -> list[str]:
     """The lines ``bgkit evaluate`` prints for a metrics dict (:data:`PRINTED_METRICS`, then the noise floor)."""
-    lines = [f"{key:20s} {metrics[key]:.4f}" for key in PRINTED_METRICS]
+    lines = [f"{key:20s} {metrics[key]:.4f}" for key in PRINTED_METRICS if metrics.get(key) is not None]
+    if metrics.get("protocol", {}).get("name", "bgkit") != "bgkit":
+        p = metrics["protocol"]
+        lines.append(f"{'ESS/N, protocol':20s} {metrics['ess_fraction_protocol']:.4f}  ({p['name']}: {p['description']})")
     if metrics.get("noise_floor"):
         f = metrics["noise_floor"]
-        lines.append(f"{'noise floor':20s} E-W2 {f['e_w2']:.4f} kT, T-W2 {f['t_w2']:.4f} rad "
-                     f"(MD test split vs {f['frames']} other MD frames)")
+        t_w2 = "n/a" if f["t_w2"] is None else f"{f['t_w2']:.4f}"
+        lines.append(f"{'noise floor':20s} E-W2 {f['e_w2']:.4f} kT, T-W2 {t_w2} rad"
+                     + (f", Ram-TV {metrics['ram_tv_noise_floor']:.4f}" if metrics.get("ram_tv_noise_floor") is not None
+                        else "") + f" (MD test split vs {f['frames']} other MD frames)")
     return lines
 
 
@@ -263,13 +372,12 @@ def positions_of(source: str | Path, reweighted: bool = False) -> tuple[np.ndarr
     """
     from bgkit.io import load_trajectory
     from bgkit.md.dataset import load_dataset
-    from bgkit.sample import load_sample_folder
-    from bgkit.systems import load_system
+    from bgkit.sample import load_sample_folder, sample_folder_system
 
     path = Path(source)
     if (path / "summary.json").is_file():
         d = load_sample_folder(path)
-        system = load_system(d["summary"]["system"])
+        system = sample_folder_system(d["summary"])
         xyz = load_trajectory(d["samples"], system)  # topology checked against the system
         if reweighted:
             return xyz, system, normalized_weights(d["log_w_clipped"]), "reweighted"
@@ -284,14 +392,13 @@ def energy_sets(sample_folder: str | Path) -> tuple[str, dict[str, Any]]:
     Labels: "reference MD" (the test frames of the system's default reference, when it has one), "proposal",
     "reweighted".
     """
-    from bgkit.sample import load_sample_folder
-    from bgkit.systems import load_system
+    from bgkit.sample import load_sample_folder, sample_folder_system
 
     d = load_sample_folder(sample_folder)
     name = d["summary"]["system"]
     sets: dict[str, Any] = {}
     try:
-        sets["reference MD"] = Reference.of_system(load_system(name)).energies_kt
+        sets["reference MD"] = Reference.of_system(sample_folder_system(d["summary"])).energies_kt
     except BgkitError:
         pass
     sets["proposal"] = d["energy_kt"]

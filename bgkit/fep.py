@@ -5,7 +5,7 @@ output folder (``fep.json``, ``works.png``, ``works.npz`` and, when trained here
 
 * ``reference``: counting in the reference dataset (default: the system's replica-exchange data
   ``md_rex`` where shipped, else ``--data``), block-bootstrap error;
-* ``counting``: counting in ``--data`` (default: the system's shipped MD), block-bootstrap error;
+* ``counting``: counting in ``--data`` (default: the ``md/`` folder inside the system folder), block-bootstrap error;
 * ``reweighting``: importance-weighted samples of the proposal (SNIS, delta-method error);
 * ``tfep``: a map M: A → B trained by RegFlow on exact-OT pairs between the train-split frames
   of A and B (:mod:`bgkit.train.tfep`), works on the held-out frames (validation split, which
@@ -17,7 +17,6 @@ Sign convention: ΔF_AB = F_B − F_A = −ln(Z_B / Z_A) in kT, kcal/mol beside 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -87,18 +86,22 @@ def _counting(ds: Any, system: Any, a: State, b: State, seed: int) -> dict[str, 
                 flags=flags)
 
 
-def _reweighting(system: Any, model: str | None, a: State, b: State, n: int, seed: int,
+def _proposal_notes(proposal: Any, system: Any) -> list[str]:
+    """Warnings about a proposal: an interrupted run's checkpoint, trained at another temperature."""
+    return [note for note in (proposal.unfinished_note(), proposal.temperature_note(system)) if note]
+
+
+def _reweighting(system: Any, proposal: Any, a: State, b: State, n: int, seed: int,
                  workers: int | None, progress: bool) -> dict[str, Any]:
     from bgkit.free_energy.estimates import delta_f_reweighting
     from bgkit.reweight import kish_ess
-    from bgkit.sample import LOW_ESS_FRACTION, draw, load_proposal
+    from bgkit.sample import LOW_ESS_FRACTION, draw
 
-    proposal = load_proposal(system, model)
+    flags = _proposal_notes(proposal, system)  # also printed when run_fep starts
     res = draw(proposal, system, n=n, seed=seed, n_workers=workers, progress=progress)
     ma, mb = _masks(res.xyz, system, a, b)
     df, err = delta_f_reweighting(ma, mb, res.weights.log_w)
     lw = res.weights.log_w
-    flags = []
     if res.weights.ess_fraction < LOW_ESS_FRACTION:
         flags.append(f"ESS/N {res.weights.ess_fraction:.2g} < {LOW_ESS_FRACTION}: reweighted results unreliable")
     ess = {}
@@ -107,7 +110,10 @@ def _reweighting(system: Any, model: str | None, a: State, b: State, n: int, see
         if ess[s.name] < MIN_STATE_ESS:
             flags.append(f"Kish ESS within {s.name} is {ess[s.name]:.3g} (< {MIN_STATE_ESS}): too few weighted "
                          "samples there")
-    return _row(df, err, system.kT, model=str(proposal.path), n_samples=n, n_a=int(ma.sum()), n_b=int(mb.sum()),
+    return _row(df, err, system.kT, model=str(proposal.path), model_unfinished=not proposal.finished,
+                model_step=proposal.info["step"], model_planned_steps=proposal.info["planned_steps"],
+                model_temperature_K=proposal.system_info.get("temperature_K"), n_samples=n, n_a=int(ma.sum()),
+                n_b=int(mb.sum()),
                 ess_fraction=res.weights.ess_fraction, ess_a=ess[a.name], ess_b=ess[b.name],
                 error="delta method (independent samples)", flags=flags)
 
@@ -226,9 +232,9 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
     ``map_threshold``: which coordinates the map moves (:func:`bgkit.train.tfep.select_dims`).
     A state never visited by the data is an error; estimates that cannot be trusted are flagged.
     """
-    from bgkit.md.dataset import load_dataset
+    from bgkit.md.dataset import load_dataset, system_dataset
     from bgkit.outputs import check_output_folder, partial_folder, replace_folder, write_marker
-    from bgkit.provenance import provenance
+    from bgkit.provenance import dumps_json, provenance
     from bgkit.systems import load_system
 
     system = load_system(system)
@@ -254,7 +260,14 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
         if (trained.get("from"), trained.get("to")) != (a.name, b.name):
             map_flags.append(f"the map was trained for {trained.get('from')} -> {trained.get('to')}, not "
                              f"{a.name} -> {b.name} (TFEP stays exact for any map, but its variance grows)")
-    ds = load_dataset(data or system.name, system)
+    proposal = None
+    if "reweighting" in methods:  # a wrong --model fails now; an unfinished one is warned about before the work
+        from bgkit.sample import load_proposal
+
+        proposal = load_proposal(system, model)
+        for note in _proposal_notes(proposal, system):
+            print("warning: " + note, file=sys.stderr, flush=True)
+    ds = load_dataset(data, system) if data else system_dataset(system)  # the system folder's own md/
     ref_path = reference or default_reference(system)
     record = {"from": a.name, "to": b.name, "definitions": {s.name: _definition(s) for s in (a, b)}}
     result: dict[str, Any] = {"system": system.name, "from": a.name, "to": b.name,
@@ -274,7 +287,7 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
         if "counting" in methods:
             result["estimates"]["counting"] = counting
         if "reweighting" in methods:
-            result["estimates"]["reweighting"] = _reweighting(system, model, a, b, n_samples, seed, workers, progress)
+            result["estimates"]["reweighting"] = _reweighting(system, proposal, a, b, n_samples, seed, workers, progress)
         if "tfep" in methods:
             est, arrays = _tfep(ds, system, a, b, tmp, map_path, coords, dict(map_config or {}), map_threshold,
                                 map_frames, work_frames, seed, workers, progress, record)
@@ -289,28 +302,13 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
 
             work_histograms(arrays["w_forward"], arrays["w_reverse"], result, tmp / "works.png")
             files += ["works.npz", "works.png"] + (["map.pt"] if (tmp / "map.pt").exists() else [])
-        (tmp / "fep.json").write_text(json.dumps(_plain(result), indent=2))
+        (tmp / "fep.json").write_text(dumps_json(result) + "\n")
         write_marker(tmp, "bgkit.fep", files)
         replace_folder(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars as numbers, non-finite floats as None (strict JSON has no inf/nan)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def _definition(state: State) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -114,11 +115,27 @@ def foreign_content(folder: str | os.PathLike) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return f"no valid {MARKER} marker"
     for entry in folder.iterdir():
-        if entry.name == MARKER or (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+        if entry.name == MARKER or (_own_temporary(entry.name, files) and entry.is_file()
+                                    and not entry.is_symlink()):
             continue
         if entry.name not in files or entry.is_dir() or entry.is_symlink():
             return f"it holds {entry.name}, which bgkit did not write"
     return None
+
+
+#: the random part of a temporary name from :func:`bgkit.provenance.atomic_write` (``tempfile.mkstemp``)
+_TEMP_SUFFIX = re.compile(r"\.[a-z0-9_]{8}$")
+
+
+def _own_temporary(name: str, files: set[str]) -> bool:
+    """Whether ``name`` is one of bgkit's own temporary files for a file it writes into the folder:
+    ``.NAME.XXXXXXXX.tmp`` (an atomic write in progress, or left by a killed run) or ``.NAME.tmp``, NAME being
+    the marker or a file the marker lists. Any other name (a user's ``.notes.tmp``) is not bgkit's."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    base = name[1:-len(".tmp")]
+    own = files | {MARKER}
+    return base in own or (_TEMP_SUFFIX.search(base) is not None and base[:-9] in own)
 
 
 def partial_folder(out: str | os.PathLike) -> Path:

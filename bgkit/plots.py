@@ -26,6 +26,7 @@ __all__ = [
     "energy_histograms",
     "log_weight_histogram",
     "work_histograms",
+    "refinement_curve",
 ]
 
 FREE_ENERGY_LABEL = "free energy / kT"
@@ -322,3 +323,30 @@ def work_histograms(w_forward: Any, w_reverse: Any, report: dict[str, Any], out_
                  fontsize="small", wrap=True)
     _save(fig, out_path)
     return {"n_nonfinite_forward": int((~ok_f).sum()), "n_nonfinite_reverse": int((~ok_r).sum())}
+
+
+def refinement_curve(energy_evaluations: Any, ess_fractions: Any, out_path: str | Path,
+                     title: str | None = None, label: str = "validation draw") -> list[Path]:
+    """ESS/N (of independent validation draws) against cumulative energy evaluations, one point per round.
+
+    energy_evaluations [K] counts (log x-axis where all are positive), ess_fractions [K] in [0, 1] (None: not
+    measured). Returns the files written.
+    """
+    x = np.asarray(energy_evaluations, dtype=np.float64)
+    y = np.asarray([np.nan if v is None else v for v in ess_fractions], dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or not len(x):
+        raise BgkitError("refinement_curve needs one ESS/N per number of energy evaluations")
+    fig = _figure(6.0, 4.0)
+    ax = fig.subplots()
+    ax.plot(x, y, "o-", color="tab:blue", label=label)
+    for k, (a, b) in enumerate(zip(x, y)):
+        ax.annotate(str(k), (a, b), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    if (x > 0).all():
+        ax.set_xscale("log")
+    ax.set_xlabel("energy evaluations (cumulative)")
+    ax.set_ylabel("Kish ESS / N")
+    ax.set_ylim(0, max(1e-3, float(np.nanmax(y)) * 1.15) if np.isfinite(y).any() else 1)
+    ax.legend(loc="lower right", fontsize="small")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    return _save(fig, out_path)

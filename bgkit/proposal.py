@@ -88,6 +88,14 @@ class Proposal:
         return (f"{self.path} is the checkpoint of an unfinished training run (step {self.info['step']} of "
                 f"{self.info['planned_steps']}); resume it with `bgkit train ... --resume` to finish")
 
+    def temperature_note(self, system: System) -> str | None:
+        """One line saying this proposal was trained at another temperature than ``system``'s, or None."""
+        trained = self.system_info.get("temperature_K")
+        if trained is None or abs(float(trained) - system.temperature) <= 1e-6 * system.temperature:
+            return None
+        return (f"{self.path} was trained at {float(trained):g} K but system '{system.name}' is at "
+                f"{system.temperature:g} K: its samples are reweighted to {system.temperature:g} K (expect a low ESS)")
+
     def check_system(self, system: System) -> None:
         """Raise BgkitError unless this proposal was trained for ``system``."""
         mine = self.system_info
@@ -136,10 +144,8 @@ def export_proposal(checkpoint: str | os.PathLike, out: str | os.PathLike, metri
     ``metrics`` (e.g. ``bgkit evaluate``'s metrics.json) are merged into the file's ``metrics``. The
     checkpoint of an interrupted run (not at its last step) is refused unless ``unfinished``.
     """
-    import json
-
     from bgkit.checkpoint import load_checkpoint
-    from bgkit.provenance import atomic_save
+    from bgkit.provenance import atomic_save, json_safe
 
     ckpt = load_checkpoint(checkpoint)
     if not ckpt.get("final", True) and not unfinished:
@@ -148,7 +154,7 @@ def export_proposal(checkpoint: str | os.PathLike, out: str | os.PathLike, metri
                          "--unfinished to export it anyway")
     slim = {k: v for k, v in ckpt.items() if k not in ("raw_model", "optimizer", "scheduler", "rng")}
     if metrics:
-        slim["metrics"] = {**slim.get("metrics", {}), **json.loads(json.dumps(metrics))}
+        slim["metrics"] = {**slim.get("metrics", {}), **json_safe(metrics)}
     return atomic_save(slim, out)
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "ess_fraction",
     "clip_log_weights",
     "resample",
+    "RESAMPLING_SCHEMES",
     "snis_mean",
     "ReweightResult",
     "reweight",
@@ -113,24 +114,38 @@ def clip_log_weights(log_w: Any, fraction: float = 0.002) -> tuple[np.ndarray, i
     return lw, n_clip
 
 
+RESAMPLING_SCHEMES = ("multinomial", "systematic")
+
+
 def resample(
     log_w: Any,
     n: int | None = None,
     generator: np.random.Generator | None = None,
     seed: int | None = None,
+    scheme: str = "multinomial",
 ) -> np.ndarray:
-    """Multinomial resampling: ``n`` indices (default N) drawn with probability ∝ w.
+    """``n`` indices (default N) drawn with probability ∝ w; both schemes are unbiased.
 
+    scheme: "multinomial" (independent draws) or "systematic" (one uniform offset u ~ U[0, 1/n),
+    index i taken at every point u + k/n that falls in its share of the cumulative weight: each
+    count is floor or ceil of n·w̄_i, so less resampling noise; Douc & Cappé 2005).
     Pass a numpy ``generator`` or a ``seed`` (not both) for reproducibility.
     Returns int64 indices [n] into the samples, sorted ascending.
     """
     p = normalized_weights(log_w)
     if generator is not None and seed is not None:
         raise BgkitError("give either generator or seed to resample, not both")
+    if scheme not in RESAMPLING_SCHEMES:
+        raise BgkitError(f"unknown resampling scheme {scheme!r}; choices: {', '.join(RESAMPLING_SCHEMES)}")
     rng = generator if generator is not None else np.random.default_rng(seed)
     n = p.size if n is None else int(n)
     if n < 0:
         raise BgkitError(f"number of resampled indices must be >= 0, got {n}")
+    if scheme == "systematic":
+        points = (rng.random() + np.arange(n)) / max(n, 1)
+        edges = np.cumsum(p)
+        edges[-1] = 1.0  # rounding: every point lands inside
+        return np.minimum(np.searchsorted(edges, points, side="right"), p.size - 1).astype(np.int64)
     counts = rng.multinomial(n, p / p.sum())
     return np.repeat(np.arange(p.size, dtype=np.int64), counts)
 

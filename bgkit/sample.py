@@ -83,12 +83,26 @@ def low_ess_warning(summary: dict[str, Any]) -> str | None:
             "reweighted averages and free energies from these samples are unreliable")
 
 
-def check_sizes(n: int, batch_size: int) -> None:
-    """Raise BgkitError unless the sample count and batch size are positive."""
-    if n < 1:
-        raise BgkitError(f"--n must be a positive number of samples, got {n}")
-    if batch_size < 1:
+def check_sizes(n: int, batch_size: int, n_atoms: int | None = None, out: str | Path | None = None,
+                option: str = "--n") -> None:
+    """Raise BgkitError unless the sample count and batch size are positive and within their bounds
+    (:mod:`bgkit.limits`): with ``n_atoms``, the samples must fit in the memory available (they are held in
+    memory until they are weighted) and, with ``out``, their files on the disk there."""
+    from bgkit.limits import MAX_BATCH, MAX_COUNT, check_disk, check_int, check_memory
+
+    if isinstance(n, int) and not isinstance(n, bool) and n < 1:
+        raise BgkitError(f"{option} must be a positive number of samples, got {n}")
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size < 1:
         raise BgkitError(f"--batch-size must be positive, got {batch_size}")
+    check_int(option, n, 1, MAX_COUNT)
+    check_int("--batch-size", batch_size, 1, MAX_BATCH)
+    if n_atoms is not None:
+        per_sample = n_atoms * 3 * 8 * 2 + n_atoms * 3 * 4 + 96  # positions (batches + joined), float32 copy, scalars
+        check_memory(option, n, n * per_sample, f"{n} samples of {n_atoms} atoms")
+        check_memory("--batch-size", batch_size, min(batch_size, n) * n_atoms * 3 * 8 * 64,
+                     f"flow batches of {batch_size} samples")
+        if out is not None:
+            check_disk(option, n, n * (n_atoms * 3 * 4 + 64), out, "samples")
 
 
 def load_proposal(system: System | str, model: str | Path | None = None, device: str = "cpu") -> Proposal:
@@ -114,11 +128,13 @@ def _dist() -> tuple[int, int, bool]:
 
 def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: int = 2000, seed: int = 0,
          n_workers: int | None = None, chirality: str = "drop", clip_fraction: float = 0.002,
-         progress: bool = True) -> SampleResult | None:
+         progress: bool = True, energy_model: Any = None) -> SampleResult | None:
     """n samples with log q, energies and importance weights (rank 0 gets the result; other ranks None).
 
     chirality: "drop" gives samples with a mirrored chiral centre zero weight (counted);
     "keep" leaves them in (they have the same energy as their mirror image).
+    energy_model: an open :class:`~bgkit.energy.EnergyModel` of ``system`` to use (and leave open), e.g.
+    across the many draws of a refinement; by default one is started and closed here.
     """
     from tqdm import tqdm
 
@@ -137,7 +153,11 @@ def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: i
     flow_s = energy_s = 0.0
     t0 = time.perf_counter()
     n_invalid = 0
-    with EnergyModel(system, n_workers=workers) as model, ThreadPoolExecutor(1) as pool:
+    from contextlib import nullcontext
+
+    own_model = energy_model is None
+    with (EnergyModel(system, n_workers=workers) if own_model else nullcontext(energy_model)) as model, \
+            ThreadPoolExecutor(1) as pool:
         pending = None
 
         def collect(fut) -> None:
@@ -209,7 +229,7 @@ def write_sample_folder(result: SampleResult, system: System, out: str | Path, f
     import mdtraj
 
     from bgkit.outputs import check_output_folder, partial_folder, replace_folder, write_marker
-    from bgkit.provenance import provenance
+    from bgkit.provenance import dumps_json, provenance
 
     out = Path(os.path.abspath(out))
     check_output_folder(out, force)
@@ -219,11 +239,13 @@ def write_sample_folder(result: SampleResult, system: System, out: str | Path, f
         np.savez(tmp / "weights.npz", log_q=result.log_q, energy_kt=result.energy_kt, log_w=result.weights.log_w,
                  log_w_clipped=result.weights.log_w_clipped, resampled=result.weights.indices,
                  wrong_chirality=result.wrong_chirality)
-        summary = {**result.summary(), "system": system.name, "topology_hash": system.topology_hash,
+        summary = {**result.summary(), "system": system.name, "system_folder": str(Path(system.folder).resolve()),
+                   "topology_hash": system.topology_hash,
                    "units": {"energy_kt": "kT (reduced)", "log_q": "log density in nm^-(3N-3), centroid-free",
                              "positions": "nm"},
-                   **(extra or {}), "provenance": provenance(system=system.name)}
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+                   **(extra or {}), "provenance": provenance(system=system.name),
+                   "sha256": {name: _sha256(tmp / name) for name in ("samples.h5", "weights.npz")}}
+        (tmp / "summary.json").write_text(dumps_json(summary) + "\n")
         write_marker(tmp, kind, ["samples.h5", "weights.npz", "summary.json", *more_files])
         replace_folder(tmp, out, force)
     except BaseException:
@@ -232,14 +254,48 @@ def write_sample_folder(result: SampleResult, system: System, out: str | Path, f
     return out
 
 
+def sample_folder_system(summary: dict[str, Any]) -> System:
+    """The system of a sample folder's summary: its recorded system folder where that still holds the same
+    topology, else the system of its name (folders written before the folder was recorded)."""
+    folder = summary.get("system_folder")
+    if folder and (Path(folder) / "system.yaml").is_file():
+        system = load_system(folder)
+        if system.topology_hash == summary.get("topology_hash", system.topology_hash):
+            return system
+    return load_system(summary["system"])
+
+
 def load_sample_folder(folder: str | Path) -> dict[str, Any]:
     """Arrays and summary of a folder written by ``bgkit sample``."""
     folder = Path(folder)
     for name in ("weights.npz", "summary.json", "samples.h5"):
         if not (folder / name).is_file():
             raise BgkitError(f"{folder} is not a bgkit sample folder: {name} missing")
+    from bgkit.io import verify_zip
+
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BgkitError(f"sample folder file {folder / 'summary.json'} is damaged ({type(exc).__name__}: {exc})") \
+            from None
+    sums = summary.get("sha256") if isinstance(summary, dict) else None
+    for name, want in (sums.items() if isinstance(sums, dict) else ()):
+        if (folder / name).is_file() and _sha256(folder / name) != want:
+            raise BgkitError(f"sample folder file {folder / name} is damaged (its SHA-256 does not match "
+                             "summary.json): draw the samples again")
+    verify_zip(folder / "weights.npz", "sample weights file")
     with np.load(folder / "weights.npz") as z:
         data = {k: z[k] for k in z.files}
-    data["summary"] = json.loads((folder / "summary.json").read_text())
+    data["summary"] = summary
     data["samples"] = folder / "samples.h5"
     return data
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -43,7 +43,7 @@ def ala2_traj(tmp_path_factory):
 def test_systems_list_and_show():
     out = bgkit("systems", "list")
     assert out.returncode == 0
-    assert [line.split()[0] for line in out.stdout.splitlines()] == ["ala2", "ala3", "ala4"]
+    assert [line.split()[0] for line in out.stdout.splitlines()] == ["ala2", "ala2ff96", "ala3", "ala4"]
     show = bgkit("systems", "show", "ala4")
     assert show.returncode == 0
     for text in ("42", "300.0 K", "kT = 2.494339 kJ/mol", "amber99sbildn.xml", "NoCutoff", "phi", "psi"):
@@ -99,7 +99,7 @@ def test_bad_input_errors(ala2_traj, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "system.yaml").write_text("name: bad\ntopology: x.pdb\nforcefield: [amber99sbildn.xml]\ntemperature_K: [\n")
-    assert_one_line_error(bgkit("systems", "show", bad), "malformed", "system.yaml")
+    assert_one_line_error(bgkit("systems", "show", bad), "not valid YAML", "system.yaml")
     (bad / "system.yaml").write_text("name: bad\ntopology: x.pdb\nforcefield: [nope.xml]\ntemperature_K: 300\n")
     shutil.copy(load_system("ala2").pdb_path, bad / "x.pdb")
     assert_one_line_error(bgkit("energy", "--system", bad, folder / "t.h5"), "unknown force-field file", "nope.xml")

@@ -239,3 +239,26 @@ def test_keyboard_interrupt_stops_workers_without_hang():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("interrupted") and lines[1] == "again (4,)"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_large_force_batches_finish_and_equal_small_batches(n_workers):
+    """4 096 frames with forces in one call (chunks of 1 024, two jobs in flight per worker, ~0.5 MB each way)
+    used to deadlock on the pipe; the result must equal the same frames in batches of 256."""
+    s = load_system("ala2")
+    xyz = perturbed_frames(s, 4096, seed=3)
+    with EnergyModel("ala2", n_workers=n_workers) as model:
+        big = model.evaluate(xyz, forces=True)
+        parts = [model.evaluate(xyz[i:i + 256], forces=True) for i in range(0, len(xyz), 256)]
+    np.testing.assert_array_equal(big.energy_kt, np.concatenate([p.energy_kt for p in parts]))
+    np.testing.assert_array_equal(big.forces_kt_per_nm, np.concatenate([p.forces_kt_per_nm for p in parts]))
+    assert np.isfinite(big.energy_kt).all()
+
+
+def test_more_workers_than_cores_are_capped_with_a_warning():
+    from bgkit.energy import default_n_workers
+    with pytest.warns(UserWarning, match="cores available"):
+        model = EnergyModel("ala2", n_workers=default_n_workers() + 50)
+    with model:
+        assert model.n_workers == default_n_workers() and len(model.pids) == default_n_workers()

@@ -90,7 +90,9 @@ def user_system(tmp_path, reference_line: str):
     folder = tmp_path / "mysys"
     folder.mkdir()
     shutil.copy(shipped / "ala2.pdb", folder)
-    (folder / "system.yaml").write_text((shipped / "system.yaml").read_text() + reference_line + "\n")
+    text = "".join(line for line in (shipped / "system.yaml").read_text().splitlines(True)
+                   if not line.startswith("reference:"))  # a key given twice is refused
+    (folder / "system.yaml").write_text(text + reference_line + "\n")
     for name in ("md", "md_rex"):
         (folder / name).symlink_to(shipped / name)
     return folder
@@ -101,7 +103,8 @@ def test_system_yaml_names_the_default_reference(tmp_path, ala2_datasets):
     ref = Reference.of_system(system)
     assert ref.record()["frames_per_dataset"] == Reference(ala2_datasets).record()["frames_per_dataset"]
     np.testing.assert_array_equal(ref.energies_kt, Reference(ala2_datasets).energies_kt)
-    assert Reference.of_system(load_system("ala2")).record()["datasets"] == [str(load_system("ala2").folder / "md")]
+    shipped = load_system("ala2").folder  # ala2's own reference joins the plain MD and the replica exchange
+    assert Reference.of_system(load_system("ala2")).record()["datasets"] == [str(shipped / "md"), str(shipped / "md_rex")]
 
 
 @pytest.mark.parametrize("line, message", [("reference: [md, nothere]", "has no reference data"),

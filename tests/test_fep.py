@@ -143,6 +143,9 @@ def test_states_yaml(tmp_path):
     ("a:\n  phi: [0, 10]\n  psi2: [0, 10]\n", "mixes"),
     ("a: {phi: [0, 10]\n", "not valid YAML"),
     ("- 1\n", "must map state names"),
+    ("alpha_R: {phi: [-180, 0], psi: [-120, 50]}\nalpha_R: {phi: [-180, 0], psi: [50, -120]}\n",
+     "'alpha_R' is given twice"),  # not: the last definition silently wins
+    ("a:\n  phi: [0, 10]\n  phi: [20, 30]\n", "'phi' is given twice"),
 ])
 def test_states_yaml_errors(tmp_path, text, fragment):
     f = tmp_path / "s.yaml"

@@ -16,12 +16,12 @@ import pytest
 #: package's ``__init__``); ``x.*`` is the package ``x`` and every module under it, and the most specific
 #: entry wins (``md.check`` over ``md.*``). A module may import only from its own or lower layers.
 LAYERS = """
-0  core      bgkit  provenance  outputs  arrays  distributed
+0  core      bgkit  provenance  outputs  arrays  distributed  limits
 1  physics   systems  io  build  energy  _energy_worker  symmetry  coords.*  chirality
 2  models    md.*  flows.*  checkpoint  proposal
-3  analysis  reweight  metrics  free_energy.*  md.check  sample  evaluate  plots
+3  analysis  reweight  metrics  free_energy.*  md.check  sample  evaluate  plots  diagnose
 4  training  train.*
-5  workflow  fep
+5  workflow  fep  refine
 6  entry     bench.*  cli.*  __main__
 """
 

@@ -116,6 +116,7 @@ GOOD = """\
     (GOOD + "    nonbonded_method: CutoffNonPeriodic\n", "nonbonded_cutoff_nm"),
     (GOOD + "    colour: blue\n", "unknown key"),
     (GOOD + "    constraints: Everything\n", "constraints"),
+    (GOOD + "    temperature_K: 310\n", "'temperature_K' is given twice"),
 ])
 def test_malformed_system_yaml(tmp_path, yaml_text, message):
     with pytest.raises(BgkitError, match=message):

@@ -27,9 +27,10 @@ def _frames(dataset, n: int) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from bgkit.md import load_dataset
+    from bgkit.md.dataset import system_dataset
     from bgkit.proposal import Proposal
     from bgkit.provenance import atomic_write_json, provenance
+    from bgkit.systems import load_system
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--system", default="ala2")
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     student = Proposal.load(args.student, system=args.system)
     teacher = Proposal.load(args.teacher, system=args.system)
-    dataset = load_dataset(args.system)
+    dataset = system_dataset(load_system(args.system))  # the system folder's own md/
     xs, xt = _frames(dataset, args.n_student), _frames(dataset, args.n_teacher)
     print(f"{args.system}: student {student.info['arch']} ({args.n_student} frames), teacher "
           f"{teacher.info['arch']} {teacher.info['hparams'].get('method')} atol {teacher.info['hparams'].get('atol')} "

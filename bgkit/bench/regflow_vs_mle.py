@@ -22,6 +22,8 @@ import platform
 import time
 from pathlib import Path
 
+from bgkit.provenance import dumps_json
+
 
 
 def _steps_for(budget: float, system: str, objective: str, targets: str | None, hparams: dict, batch: int,
@@ -46,7 +48,8 @@ def _steps_for(budget: float, system: str, objective: str, targets: str | None, 
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from bgkit.md.dataset import load_dataset
+    from bgkit.md.dataset import load_dataset, system_dataset
+    from bgkit.systems import load_system
     from bgkit.train.molecular import make_ot_targets
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     hparams = json.loads(args.hparams)
-    ds = load_dataset(args.data or args.system)
+    system = load_system(args.system)
+    ds = load_dataset(args.data, system) if args.data else system_dataset(system)
     print(f"{args.system}: {ds.n_frames} frames ({ds.simulated_ns:.1f} ns) from {ds.folder}; "
           f"NSF {hparams}; budget {args.seconds:.0f} s per objective; torch threads {torch.get_num_threads()}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", flush=True)
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['train_samples_per_s']:10.0f} {r['ess_fraction']:8.4f} {r['ess_fraction_clipped']:10.4f} "
               f"{r['e_w2_proposal']:10.3f} {r['e_w2_resampled']:8.3f} {r['t_w2_proposal']:7.3f} "
               f"{r['t_w2_resampled']:8.3f} {r['nll_test']:8.2f}")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2))
+    (out / "results.json").write_text(dumps_json({"rows": rows, "args": vars(args)}))
 
 
 def _run(args, coords: str, objective: str, hparams: dict, out: Path, ds) -> dict:
@@ -124,7 +128,7 @@ def _run(args, coords: str, objective: str, hparams: dict, out: Path, ds) -> dic
            "ess_fraction_clipped": sample.summary()["ess_fraction_clipped"], **{k: m[k] for k in (
                "ess_fraction", "e_w2_proposal", "e_w2_resampled", "t_w2_proposal", "t_w2_resampled", "nll_test",
                "n_nonfinite", "n_wrong_chirality")}}
-    print(json.dumps(row), flush=True)
+    print(dumps_json(row, indent=None), flush=True)
     return row
 
 

@@ -17,7 +17,6 @@ the cost of a flow does not depend on its weights), interleaved over ``--rounds`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from bgkit.energy import EnergyModel, default_n_workers
     from bgkit.proposal import Proposal
-    from bgkit.provenance import provenance
+    from bgkit.provenance import atomic_write_json, provenance
     from bgkit.sample import draw
     from bgkit.systems import load_system
 
@@ -101,20 +100,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"flow only, same {proposal.info['arch']} size: " + ", ".join(f"{k} {v:.0f} samples/s" for k, v in kinds.items())
               + f"; cartesian / internal = {ratio:.2f} (best of {args.rounds} interleaved rounds)")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"results": rows, "provenance": provenance(system=system.name)}, fh, indent=2)
+        atomic_write_json({"results": rows, "provenance": provenance(system=system.name)}, args.json)
 
 
 
 def _twin(proposal, system):
     """A freshly initialised proposal of the same architecture and hyperparameters in the other representation."""
     from bgkit.coords import fit_representation
-    from bgkit.md.dataset import load_dataset
+    from bgkit.md.dataset import system_dataset
     from bgkit.flows import build_flow
     from bgkit.proposal import Proposal
 
     kind = "cartesian" if proposal.transform.kind == "internal" else "internal"
-    rep = fit_representation(kind, load_dataset(system.name).split("train")[::10], system)
+    rep = fit_representation(kind, system_dataset(system).split("train")[::10], system)
     hp = {k: v for k, v in proposal.info["hparams"].items() if k not in ("periodic", "circular_bins")}
     if rep.periodic:
         hp["periodic"] = list(rep.periodic)

@@ -1,7 +1,6 @@
 """Shared pieces of the ``bgkit`` commands: the error-reporting group class and common options."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -13,32 +12,94 @@ from bgkit import BgkitError
 from bgkit.coords import REPRESENTATIONS
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every command cleans up the same way."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 alone)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _torchrun_error_file(message: str) -> None:
+    """Under torchrun, give its failure report the one-line error (instead of a pointer to its docs)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or os.path.exists(path):
+        return
+    import time
+
+    from bgkit.provenance import dumps_json
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:  # written whole before it appears: torchrun reads it as soon as the process has exited
+        with open(tmp, "w") as fh:
+            fh.write(dumps_json({"message": "error: " + " ".join(message.split()), "timestamp": int(time.time())},
+                                indent=None))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 class _Group(click.Group):
-    """A click group that turns exceptions into one-line errors."""
+    """A click group that turns exceptions into one-line errors, and SIGTERM into an interruption like SIGINT.
+
+    Under torchrun only rank 0 reports a user error (every rank checks the same arguments); the other ranks
+    exit with status 1 silently.
+    """
 
     def invoke(self, ctx: click.Context):
+        import signal
+        import threading
+
+        previous = None
+        if ctx.parent is None and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            return self._invoke(ctx)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            if _rank() == 0:
+                click.echo("error: interrupted" + (" (SIGTERM)" if isinstance(exc, _Terminated) else ""), err=True)
+            sys.exit(143 if isinstance(exc, _Terminated) else 130)
         except Exception as exc:  # noqa: BLE001 - the CLI's one place that reports any failure
             if os.environ.get("BGKIT_DEBUG"):
                 raise
             if isinstance(exc, BgkitError):
+                _torchrun_error_file(str(exc))
+                if _rank() != 0:  # rank 0 says it; torchrun stops every rank once one has exited: let rank 0 first
+                    import time
+
+                    time.sleep(2.0)
+                    sys.exit(1)
                 message = str(exc)
             elif isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
                 message = f"{exc.strerror}: {exc.filename}"
             else:
                 message = f"{type(exc).__name__}: {exc}"
-            click.echo("error: " + " ".join(message.split()), err=True)
+            prefix = "error: " if _rank() == 0 else f"error: rank {_rank()}: "
+            click.echo(prefix + " ".join(message.split()), err=True)
             sys.exit(1)
 
 
 def _dump(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str)
+    from bgkit.provenance import dumps_json
+
+    return dumps_json(data)
 
 
 def _with_options(options: list[Callable]) -> Callable:
@@ -50,10 +111,17 @@ def _with_options(options: list[Callable]) -> Callable:
     return wrap
 
 
-def _check_workers(workers: int | None) -> None:
-    """--workers: None means all cores; anything else must be a positive number of processes."""
-    if workers is not None and workers < 1:
-        raise BgkitError(f"--workers must be >= 1 (omit it to use all cores), got {workers}")
+def _note(text: str) -> None:
+    """A one-line note for the user on stderr."""
+    click.echo("note: " + text, err=True)
+
+
+def _check_workers(workers: int | None, option: str = "--workers") -> int | None:
+    """--workers: None means all cores; anything else must be a positive number of processes, capped (with a
+    note) at the core count. Returns the number to use."""
+    from bgkit.limits import cap_workers
+
+    return cap_workers(option, workers, note=_note)
 
 
 _SYSTEM_HELP = "Shipped system name or system folder."
@@ -79,7 +147,7 @@ _sample_options = [
 _train_options = [
     click.option("--system", "system_name", required=True, help=_SYSTEM_HELP),
     click.option("--data", multiple=True,
-                 help="Dataset folder (default: the system's shipped data). Repeat it to train on several datasets "
+                 help="Dataset folder (default: the md/ folder inside the system folder). Repeat it to train on several datasets "
                       "of the system, e.g. plain MD and replica exchange: each is split in time, the splits joined."),
     click.option("--steps", type=int, default=20000, show_default=True,
                  help="Total optimiser steps (a --resume continues up to this count)."),

@@ -24,7 +24,7 @@ _STATES_HELP = ("Named states of a dipeptide (degrees; an arc runs counter-clock
               help="YAML file of states: 'NAME: {phi1: [LO, HI], psi1: [LO, HI]}' in degrees, on backbone dihedrals "
                    "phi<i>/psi<i> (i: 0-based residue index; phi/psi where one residue has both; a label the system "
                    "lacks is reported with the system's list).")
-@click.option("--data", default=None, help="Dataset for counting and TFEP (default: the system's shipped MD).")
+@click.option("--data", default=None, help="Dataset for counting and TFEP (default: the md/ folder inside the system folder).")
 @click.option("--reference", default=None,
               help="Reference dataset for the reference ΔF (default: the system's replica-exchange data md_rex "
                    "where shipped, else --data).")
@@ -57,10 +57,16 @@ def fep(system_name, state_from, state_to, states_file, data, reference, model, 
     from bgkit.fep import run_fep
     from bgkit.systems import load_system
 
-    _check_workers(workers)
-    for name, value in (("--map-steps", map_steps), ("--map-frames", map_frames), ("--work-frames", work_frames)):
+    from bgkit.limits import MAX_COUNT, MAX_STEPS, check_int
+    from bgkit.sample import check_sizes
+
+    workers = _check_workers(workers)
+    for name, value, high in (("--map-steps", map_steps, MAX_STEPS), ("--map-frames", map_frames, MAX_COUNT),
+                              ("--work-frames", work_frames, MAX_COUNT)):
         if value < 1:
             raise BgkitError(f"{name} must be >= 1, got {value}")
+        check_int(name, value, 1, high)
+    check_int("--seed", seed, 0, 2**63 - 1)
     if not (map_threshold >= 0 and map_threshold < float("inf")):
         raise BgkitError(f"--map-threshold must be a finite number >= 0, got {map_threshold}")
     if map_seconds is not None and not (0 < map_seconds < float("inf")):
@@ -68,6 +74,8 @@ def fep(system_name, state_from, state_to, states_file, data, reference, model, 
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     system = load_system(system_name)
     out = out or Path(f"bgkit-fep-{system.name}-{state_from}-{state_to}")
+    if "reweighting" in chosen:  # the proposal samples are held in memory
+        check_sizes(n_samples, min(n_samples, 2000) if n_samples >= 1 else 1, n_atoms=system.n_atoms)
     config = {"steps": map_steps, **({"max_seconds": map_seconds} if map_seconds is not None else {})}
     result = run_fep(system, state_from, state_to, out, states_file=states_file, data=data, reference=reference,
                      model=str(model) if model else None, n_samples=n_samples,

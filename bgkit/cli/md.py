@@ -59,6 +59,9 @@ def data_check(dataset: str, blocks: int, as_json: Path | None, force: bool) -> 
     from bgkit.md.check import check_dataset
     from bgkit.outputs import check_output_file
 
+    from bgkit.limits import check_int
+
+    check_int("--blocks", blocks, 2, 100_000)
     if as_json is not None:
         check_output_file(as_json, force, option="--json")
     report = check_dataset(dataset, n_blocks=blocks)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bgkit import BgkitError
-from bgkit.cli.common import _check_workers, _sample_options, _with_options
+from bgkit.cli.common import _check_workers, _note, _sample_options, _with_options
 
 if TYPE_CHECKING:
     from bgkit.proposal import Proposal
@@ -39,23 +39,32 @@ def _sample_out(out: Path | None, force: bool, prefix: str) -> Path:
     return check_output_folder(out or _default_out(prefix), force)
 
 
-def _check_args(n: int, batch_size: int, workers: int | None) -> None:
+def _check_args(n: int, batch_size: int, workers: int | None, system: System | None = None,
+                out: Path | None = None) -> int | None:
+    """Sizes within their bounds (memory and disk for ``system``'s samples); returns the --workers to use."""
     from bgkit.sample import check_sizes
 
-    check_sizes(n, batch_size)
-    _check_workers(workers)
+    check_sizes(n, batch_size, n_atoms=None if system is None else system.n_atoms, out=out)
+    return _check_workers(workers)
+
+
+def _check_seed(seed: int) -> None:
+    from bgkit.limits import check_int
+
+    check_int("--seed", seed, 0, 2**32 - 1)
 
 
 def _draw(system: System, model: Path | None, n: int, seed: int, batch_size: int, device: str,
-          workers: int | None) -> tuple[Proposal, SampleResult | None]:
+          workers: int | None, clip_fraction: float = 0.002) -> tuple[Proposal, SampleResult | None]:
     """Load the proposal (warning if unfinished) and draw; the result is None on a non-zero torchrun rank."""
     from bgkit.sample import draw, load_proposal
 
     proposal = load_proposal(system, model, device=device)
-    note = proposal.unfinished_note()
-    if note:
-        click.echo("warning: " + note, err=True)
-    return proposal, draw(proposal, system, n=n, batch_size=batch_size, seed=seed, n_workers=workers)
+    for note in (proposal.unfinished_note(), proposal.temperature_note(system)):
+        if note:
+            click.echo("warning: " + note, err=True)
+    return proposal, draw(proposal, system, n=n, batch_size=batch_size, seed=seed, n_workers=workers,
+                          clip_fraction=clip_fraction)
 
 
 def _print_summary(result: SampleResult) -> None:
@@ -76,9 +85,11 @@ def sample(system_name, model, n, seed, batch_size, device, workers, out, force)
     from bgkit.sample import write_sample_folder
     from bgkit.systems import load_system
 
-    _check_args(n, batch_size, workers)
+    _check_args(n, batch_size, None)
+    _check_seed(seed)
     out = _sample_out(out, force, _prefix("sample", system_name))
     system = load_system(system_name)
+    workers = _check_args(n, batch_size, workers, system, out)
     proposal, result = _draw(system, model, n, seed, batch_size, device, workers)
     if result is None:  # a non-zero rank under torchrun
         return
@@ -97,24 +108,39 @@ def sample(system_name, model, n, seed, batch_size, device, workers, out, force)
 @click.option("--nll-frames", type=int, default=None,
               help="Test NLL on this many evenly spaced test frames (default: all; for teachers, whose exact "
                    "likelihood costs one ODE solve with D vector-Jacobian products per step).")
-def evaluate(system_name, model, n, seed, batch_size, device, workers, out, force, data, nll_frames) -> None:
+@click.option("--protocol", type=click.Choice(["bgkit", "internal", "cartesian"]), default="bgkit", show_default=True,
+              help="Measure as a literature family does: internal (10^6 samples, ESS after capping the largest "
+                   "10^-4 log-weights), cartesian (2·10^5 samples, top 0.2 % dropped); sets --n unless given.")
+def evaluate(system_name, model, n, seed, batch_size, device, workers, out, force, data, nll_frames,
+             protocol) -> None:
     """Sample, then compare with the MD test split of the reference data: metrics.json and figures."""
-    from bgkit.evaluate import FIGURES, Reference, metrics_lines, write_evaluation
+    from bgkit.evaluate import FIGURES, PROTOCOLS, Reference, metrics_lines, write_evaluation
     from bgkit.md.dataset import load_dataset
     from bgkit.systems import load_system
 
+    from bgkit.limits import check_int
+
+    chosen = PROTOCOLS[protocol]
+    if click.get_current_context().get_parameter_source("n") == click.core.ParameterSource.DEFAULT:
+        n = chosen.n
+    elif protocol != "bgkit" and n != chosen.n:
+        _note(f"--protocol {protocol} measures {chosen.n} samples; measuring {n} as --n says")
+    _check_args(n, batch_size, None)
+    _check_seed(seed)
     out = _sample_out(out, force, _prefix("evaluate", system_name))  # fail before reading data or sampling
     system = load_system(system_name)
     if nll_frames is not None and nll_frames < 1:
         raise BgkitError(f"--nll-frames must be >= 1, got {nll_frames}")
+    check_int("--nll-frames", nll_frames)
+    workers = _check_args(n, batch_size, workers, system, out)
     # reads and checks the data now, before sampling
     reference = Reference([load_dataset(d, system) for d in data]) if data else Reference.of_system(system)
-    _check_args(n, batch_size, workers)
-    proposal, result = _draw(system, model, n, seed, batch_size, device, workers)
+    proposal, result = _draw(system, model, n, seed, batch_size, device, workers, clip_fraction=chosen.clip_fraction)
     if result is None:
         return
     _print_summary(result)
-    metrics = write_evaluation(result, proposal, reference, system, out, force, seed=seed, nll_frames=nll_frames)
+    metrics = write_evaluation(result, proposal, reference, system, out, force, seed=seed, nll_frames=nll_frames,
+                               protocol=chosen)
     for line in metrics_lines(metrics):
         click.echo(line)
     click.echo(f"wrote {out}/ (metrics.json, {', '.join(FIGURES)}, samples)")

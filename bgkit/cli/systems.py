@@ -20,7 +20,7 @@ def systems_list() -> None:
 
     for name in shipped_systems():
         s = load_system(name)
-        click.echo(f"{name:6s} {s.n_atoms:4d} atoms  {s.temperature:6.1f} K  {'+'.join(s.spec.forcefield):40s} {s.spec.description}")
+        click.echo(f"{name:8s} {s.n_atoms:4d} atoms  {s.temperature:6.1f} K  {' + '.join(s.forcefield_names):44s} {s.spec.description}")
 
 
 @systems.command("show")
@@ -85,7 +85,7 @@ def energy(system_name: str, traj: Path, out: Path | None, workers: int | None, 
     from bgkit.outputs import check_output_file
     from bgkit.systems import load_system
 
-    _check_workers(workers)
+    workers = _check_workers(workers)
     if out is not None:
         check_output_file(out, force, hint="pass --force to overwrite it")
     s = load_system(system_name)

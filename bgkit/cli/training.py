@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from bgkit import BgkitError
-from bgkit.cli.common import _COORDS, _SYSTEM_HELP, _Group, _train_options, _with_options
+from bgkit.cli.common import _COORDS, _SYSTEM_HELP, _Group, _check_workers, _note, _train_options, _with_options
 from bgkit.flows import FLOW_ARCHITECTURES
 from bgkit.train.objectives import REGULARISERS
 
@@ -20,7 +20,7 @@ def targets() -> None:
 
 @targets.command("ot")
 @click.option("--system", "system_name", required=True, help=_SYSTEM_HELP)
-@click.option("--data", default=None, help="Dataset folder (default: the system's shipped data).")
+@click.option("--data", default=None, help="Dataset folder (default: the md/ folder inside the system folder).")
 @click.option("--n", type=int, default=None, help="Use this many train frames (evenly spaced; default all).")
 @click.option("--block-size", type=int, default=4096, show_default=True, help="Exact OT per block of this many pairs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prior draws.")
@@ -35,6 +35,11 @@ def targets_ot(system_name, data, n, block_size, seed, out, force, align, coords
     from bgkit.outputs import check_output_file
     from bgkit.train.molecular import make_ot_targets
 
+    from bgkit.limits import MAX_COUNT, check_int
+
+    check_int("--n", n, 2, MAX_COUNT)
+    check_int("--block-size", block_size, 1, MAX_COUNT)
+    check_int("--seed", seed, 0, 2**63 - 1)
     check_output_file(out, force, hint="pass --force to overwrite it")
     info = make_ot_targets(system_name, out, data=data, n=n, block_size=block_size, seed=seed, align=align,
                            coords=coords)
@@ -74,9 +79,10 @@ def targets_reflow(teacher_path, n, out, chunk_size, seed, method, steps, batch_
         raise BgkitError(f"unknown --method {method!r}; choose one of {', '.join(FIXED_STEP_METHODS + ADAPTIVE_METHODS)}")
     if not teacher_path.is_file():
         raise BgkitError(f"teacher {teacher_path} does not exist")
+    workers = _check_workers(workers)
     info = make_reflow_targets(teacher_path, out, n, chunk_size=chunk_size, seed=seed, method=method, steps=steps,
                                batch_size=batch_size, n_val=n_val, workers=workers, force=force, logdet=logdet,
-                               logdet_divergence=logdet_divergence)
+                               logdet_divergence=logdet_divergence, note=_note)
     if not info["teacher_finished"]:
         click.echo(f"warning: {teacher_path} is the checkpoint of an unfinished training run", err=True)
     click.echo(f"wrote {out}: {info['n']} reflow pairs in {info['n_chunks']} chunks + {info['n_val']} validation pairs "
@@ -91,6 +97,9 @@ def _run_training(system_name: str, arch: str, objective: str, out: Path, resume
     from bgkit.train.config import schedule_for
     from bgkit.train.molecular import train_proposal
 
+    from bgkit.limits import MAX_COUNT, MAX_STEPS, check_int
+    from bgkit.train.config import TrainConfig
+
     check_output_file(out, resume or force, hint="pass --resume to continue it or --force to replace it")
     try:
         hp = json.loads(hparams)
@@ -100,7 +109,14 @@ def _run_training(system_name: str, arch: str, objective: str, out: Path, resume
         raise BgkitError(f"--hparams must be a JSON object, got {hparams}")
     if steps < 1:
         raise BgkitError(f"--steps must be >= 1, got {steps}")
+    check_int("--steps", steps, 1, MAX_STEPS)
+    if kwargs.get("max_frames") is not None:
+        check_int("--max-frames", kwargs["max_frames"], 2, MAX_COUNT)  # a representation is fitted on >= 2 frames
     cfg = {**schedule_for(steps), **config}
+    TrainConfig.from_dict({"objective": objective, **cfg}).validate()  # every number checked before any work
+    from bgkit.flows import check_hparams
+
+    check_hparams(arch, hp)
     if resume and out.is_file():  # the warm-up is part of the run; a larger --steps only stretches the cosine
         from bgkit.checkpoint import load_checkpoint
 
@@ -112,6 +128,21 @@ def _run_training(system_name: str, arch: str, objective: str, out: Path, resume
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 wrote the checkpoint
         click.echo(f"wrote {out}: {m.get('steps')} steps, final train loss {m.get('final_train_loss'):.4g}, "
                    f"val loss {m.get('final_val_loss')}, {m.get('samples_per_s', 0):.0f} samples/s")
+
+
+def _only_for(objective: str, applies: dict[str, tuple[str, ...]]) -> None:
+    """Refuse an option given on the command line that the chosen --objective would ignore."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    for name, objectives in applies.items():
+        if objective in objectives:
+            continue
+        source = ctx.get_parameter_source(name)
+        if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            param = next(p for p in ctx.command.params if p.name == name)
+            raise BgkitError(f"{param.opts[0]} applies to --objective {' or '.join(objectives)}, not {objective}: "
+                             "leave it out")
 
 
 def _objective_help(names: list[str]) -> str:
@@ -157,8 +188,12 @@ def train(arch, objective, targets_path, coords, init, kl_weight, energy_workers
           rotor_augment, system_name, data, steps, batch_size, lr, hparams, max_frames, seed, max_seconds, device, out,
           resume, force) -> None:
     """Train a flow; the checkpoint --out is a self-contained proposal."""
+    _only_for(objective, {"kl_weight": ("kl",), "energy_workers": ("kl",), "reg": ("regflow",),
+                          "reg_weight": ("regflow",), "noise": ("regflow",), "targets_path": ("regflow",),
+                          "max_frames": ("mle", "kl")})
     if energy_workers < 1:
         raise BgkitError(f"--energy-workers must be >= 1, got {energy_workers}")
+    energy_workers = _check_workers(energy_workers, "--energy-workers")
     if init is not None and init.resolve() == out.resolve():
         raise BgkitError("--init and --out are the same file: write the new run to another --out")
     if logdet_weight and objective != "regflow":
@@ -193,6 +228,7 @@ def teacher() -> None:
 def teacher_train(objective, coords, wcfm_kappa, fdm_weight, rotor_augment, system_name, data, steps, batch_size, lr, hparams,
                   max_frames, seed, max_seconds, device, out, resume, force) -> None:
     """Train a CNF teacher by flow matching on the system's MD frames; --out is a checkpoint and a proposal."""
+    _only_for(objective, {"wcfm_kappa": ("wcfm",), "fdm_weight": ("fdm",)})
     config = {"batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "max_seconds": max_seconds,
               "wcfm_kappa": wcfm_kappa, "fdm_cdm_weight": fdm_weight}
     _run_training(system_name, "cnf", objective, out, resume, force, hparams, steps, config, data=data,

@@ -23,7 +23,7 @@ from bgkit import BgkitError
 from bgkit.arrays import as_numpy
 
 __all__ = ["TWO_PI", "State", "ALA2_BASINS", "ALA2_STATES", "state_masks", "as_mask", "time_blocks", "Population",
-           "basin_populations", "load_states", "named_states", "resolve_state"]
+           "basin_populations", "basin_masks", "load_states", "named_states", "resolve_state"]
 
 TWO_PI = 2.0 * math.pi
 
@@ -227,15 +227,12 @@ def load_states(path: str | os.PathLike) -> dict[str, State]:
     ``bgkit systems show`` lists them). An arc runs counter-clockwise from lo
     to hi (so ``[120, -150]`` passes through 180°), lo included.
     """
-    import yaml
+    from bgkit.provenance import load_yaml
 
     path = Path(path)
     if not path.is_file():
         raise BgkitError(f"states file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BgkitError(f"states file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    data = load_yaml(path, "states file")  # a state (or dihedral) given twice is an error, not the last one wins
     if not isinstance(data, dict) or not data:
         raise BgkitError(f"states file {path} must map state names to dihedral ranges, e.g. 'helix: {{phi1: [-100, -30]}}'")
     states = {}
@@ -265,6 +262,24 @@ def named_states(labels: list[str]) -> dict[str, State]:
     phi = {lab[3:] for lab in labels if lab.startswith("phi")}
     psi = {lab[3:] for lab in labels if lab.startswith("psi")}
     return dict(ALA2_STATES) if len(phi & psi) == 1 else {}
+
+
+def basin_masks(angles: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
+    """Conformational basins of frames from their backbone dihedrals (angles [n, k] rad, k ``labels`` such
+    as "phi1"): the alanine-dipeptide states (:data:`ALA2_STATES`) on the one residue with both φ and ψ
+    of a dipeptide, else the two halves φ < 0 / φ ≥ 0 of each residue's φ. {name: bool [n]}."""
+    angles = np.asarray(angles)
+    states = named_states(labels)
+    col = {lab: k for k, lab in enumerate(labels)}
+    if states:
+        res = next(lab[3:] for lab in labels if lab.startswith("phi") and "psi" + lab[3:] in col)
+        return state_masks(states, angles[:, col["phi" + res]], angles[:, col["psi" + res]])
+    out = {}
+    for lab, k in col.items():
+        if lab.startswith("phi"):
+            out[f"{lab}<0"] = angles[:, k] < 0
+            out[f"{lab}>0"] = angles[:, k] >= 0
+    return out
 
 
 def resolve_state(name: str, available: dict[str, State], where: str) -> State:

@@ -2,8 +2,15 @@
 
 A dataset is a folder (see :mod:`bgkit.md.simulate` for the layout) with
 ``dataset.json``, ``topology.pdb``, a frozen copy of the system definition and
-per-replica XTC chunks with reduced energies. Shipped datasets live in
-``systems/<name>/md``; ``load_dataset("ala2")`` finds them.
+per-replica XTC chunks with reduced energies. A system's own dataset is the
+``md`` folder inside its system folder (:func:`system_dataset`; the shipped ones
+in ``systems/<name>/md``, which ``load_dataset("ala2")`` finds too).
+
+``dataset.json`` records the Hamiltonian the data were simulated with (force-field
+files, nonbonded method and cutoff, constraints, temperature; datasets written by
+this version also the sha256 of the canonically serialised OpenMM System,
+:func:`system_xml_sha256`). :func:`load_dataset` with a system refuses data of
+another topology or another Hamiltonian.
 
 Plain mdtraj reads the same data::
 
@@ -185,15 +192,145 @@ class Dataset:
         }
 
 
-def load_dataset(name_or_path: str | os.PathLike, system: Any = None) -> Dataset:
-    """A dataset folder, or the shipped dataset of a system (``systems/<name>/md``).
+#: the fields of dataset.json that define the Hamiltonian, compared with the system's on loading
+HAMILTONIAN_FIELDS = ("forcefield", "nonbonded_method", "nonbonded_cutoff_nm", "constraints", "temperature_K",
+                      "amber", "openmm_system")
 
-    With ``system`` (a bgkit System), a dataset simulated for another topology is refused.
+
+def system_xml_sha256(system: System) -> str:
+    """sha256 of ``system``'s OpenMM System in a canonical serialisation.
+
+    The XML of ``XmlSerializer`` without its ``openmmVersion`` attribute, its forces sorted by
+    their own serialisation (the order of force-field files does not matter), in canonical
+    XML (C14N 2.0: sorted attributes, no formatting whitespace). Covers every way of defining
+    a system (force-field XMLs, AMBER files, a serialised System).
+    """
+    import hashlib
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(system.system_xml)
+    root.attrib.pop("openmmVersion", None)
+    forces = root.find("Forces")
+    if forces is not None:
+        children = sorted(forces, key=lambda f: ET.canonicalize(ET.tostring(f), strip_text=True))
+        forces[:] = children
+    text = ET.canonicalize(ET.tostring(root), strip_text=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _openmm_version() -> str:
+    import openmm
+
+    return str(openmm.__version__)
+
+
+def _fields(system: System) -> dict[str, Any]:
+    """``system``'s values of :data:`HAMILTONIAN_FIELDS`."""
+    spec = system.spec
+    ff = getattr(spec, "forcefield", None)
+    return {"forcefield": list(ff) if ff else None, "nonbonded_method": getattr(spec, "nonbonded_method", None),
+            "nonbonded_cutoff_nm": getattr(spec, "nonbonded_cutoff_nm", None),
+            "constraints": getattr(spec, "constraints", None), "temperature_K": system.temperature,
+            "amber": dict(getattr(spec, "amber", None) or {}),  # systems from AMBER files or a System XML
+            "openmm_system": dict(getattr(spec, "openmm_system", None) or {})}
+
+
+def hamiltonian_record(system: System) -> dict[str, Any]:
+    """What dataset.json records of ``system``'s Hamiltonian (:data:`HAMILTONIAN_FIELDS` and ``system_xml``)."""
+    return {
+        **_fields(system),
+        "system_xml": {"sha256": system_xml_sha256(system), "openmm_version": _openmm_version(),
+                       "canonical": "XmlSerializer XML, no openmmVersion, forces sorted, C14N 2.0"},
+    }
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    if key in ("temperature_K", "nonbonded_cutoff_nm") and a is not None and b is not None:
+        try:
+            return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
+        except (TypeError, ValueError):
+            return False
+    if key == "forcefield":
+        return [os.path.normpath(str(x)) for x in a or []] == [os.path.normpath(str(x)) for x in b or []]
+    if key in ("amber", "openmm_system"):
+        return (a or {}) == (b or {})
+    return a == b
+
+
+def _describe(record: dict[str, Any], keys: list[str], dataset: bool) -> str:
+    """The Hamiltonian fields ``keys`` of a record as words: "simulated with forcefield [a, b] at 300 K" (a
+    dataset) or "has forcefield [c] at 310 K", "is at 310 K" (a system)."""
+    words, temperature = [], ""
+    for key in keys:
+        value = record.get(key)
+        if key == "forcefield":
+            words.append("forcefield [" + ", ".join(map(str, value or [])) + "]")
+        elif key == "temperature_K":
+            temperature = f"at {float(value):g} K" if value is not None else "at an unrecorded temperature"
+        elif key == "nonbonded_cutoff_nm":
+            words.append(f"cutoff {float(value):g} nm" if value is not None else "no cutoff")
+        elif key == "constraints":
+            words.append(f"constraints {value or 'none'}")
+        else:
+            words.append(f"{key} {value if value else 'none'}")
+    head = ("simulated with " if dataset else "has ") + ", ".join(words) if words else ("simulated" if dataset else "is")
+    return f"{head} {temperature}".strip()
+
+
+def hamiltonian_mismatch(meta: dict[str, Any], system: System, folder: str | os.PathLike) -> str | None:
+    """Why the dataset of ``meta`` (its dataset.json, in ``folder``) was simulated with another Hamiltonian
+    than ``system``'s, as one line; None if it was the same.
+
+    A dataset that recorded the hash of its serialised OpenMM System under this OpenMM version is
+    compared by that hash and the temperature (so equivalent definitions, e.g. force-field files
+    in another order, agree); otherwise by the recorded :data:`HAMILTONIAN_FIELDS` (a field an old
+    dataset.json lacks is skipped).
+    """
+    mine = _fields(system)
+    differ = [k for k in HAMILTONIAN_FIELDS if k in meta and not _same(k, meta[k], mine[k])]
+    xml = meta.get("system_xml") or {}
+    if xml.get("sha256") and xml.get("openmm_version") == _openmm_version():
+        mine_hash = system_xml_sha256(system)
+        if xml["sha256"] != mine_hash:
+            hashes = f"sha256 {xml['sha256'][:12]} vs {mine_hash[:12]}"
+            if not differ:
+                return (f"dataset {folder} was simulated with another OpenMM System than system '{system.name}' "
+                        f"(same recorded force-field names and settings, but the serialised Systems differ, {hashes}: "
+                        "e.g. an edited force-field file)")
+            return (f"dataset {folder} was {_describe(meta, differ, True)}, system '{system.name}' "
+                    f"{_describe(mine, differ, False)}, and their serialised OpenMM Systems differ ({hashes}): its "
+                    "frames and energies belong to another Hamiltonian")
+        differ = [k for k in differ if k == "temperature_K"]
+    if differ:
+        return (f"dataset {folder} was {_describe(meta, differ, True)}, system '{system.name}' "
+                f"{_describe(mine, differ, False)}: its frames and energies belong to another Hamiltonian")
+    return None
+
+
+def load_dataset(name_or_path: str | os.PathLike, system: Any = None) -> Dataset:
+    """A dataset folder, a system folder's ``md`` dataset, or that of a system by name (``systems/<name>/md``).
+
+    With ``system`` (a bgkit System), a dataset simulated for another topology or with another
+    Hamiltonian (:func:`hamiltonian_mismatch`) is refused.
     """
     ds = _find_dataset(name_or_path)
-    if system is not None and ds.meta["topology_hash"] != system.topology_hash:
-        raise BgkitError(f"dataset {ds.folder} was simulated for another topology than system '{system.name}'")
+    if system is not None:
+        if ds.meta["topology_hash"] != system.topology_hash:
+            raise BgkitError(f"dataset {ds.folder} was simulated for another topology than system '{system.name}'")
+        problem = hamiltonian_mismatch(ds.meta, system, ds.folder)
+        if problem:
+            raise BgkitError(problem)
     return ds
+
+
+def system_dataset(system: System) -> Dataset:
+    """The system's own dataset: the ``md`` folder in its system folder (never one found by the system's name),
+    checked against the system (topology and Hamiltonian)."""
+    folder = Path(system.folder) / "md"
+    if not (folder / "dataset.json").is_file():
+        raise BgkitError(f"system '{system.name}' has no dataset at {folder}: simulate it (`bgkit simulate "
+                         f"--system {system.folder} --out {folder}`) or pass --data")
+    return load_dataset(folder, system)
 
 
 def _find_dataset(name_or_path: str | os.PathLike) -> Dataset:

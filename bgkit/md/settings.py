@@ -10,6 +10,11 @@ __all__ = ["DEFAULT_FRICTION", "MDSettings"]
 
 #: friction (1/ps) for systems whose system.yaml sets no md.friction_per_ps
 DEFAULT_FRICTION = 1.0
+#: the most replicas (folders) and replica-exchange temperatures (OpenMM contexts per replica) of one dataset
+MAX_REPLICAS = 1024
+MAX_TEMPERATURES = 256
+#: the most frames a dataset may hold (all replicas)
+MAX_FRAMES = 10**9
 
 
 @dataclass(frozen=True)
@@ -61,14 +66,25 @@ class MDSettings:
             raise BgkitError(f"--seed must be >= 0, got {self.seed}")
         if self.friction_per_ps < 0:
             raise BgkitError(f"--friction must be >= 0 (1/ps), got {self.friction_per_ps}")
-        if self.step_fs <= 0 or self.save_every_ps <= 0 or self.chunk_ps <= 0 or self.equilibrate_ps < 0:
-            raise BgkitError("step, save interval and chunk length must be positive")
+        for option, value in (("--step", self.step_fs), ("--save-every", self.save_every_ps), ("--chunk", self.chunk_ps)):
+            if not value > 0:
+                raise BgkitError(f"{option} must be positive, got {value}")
+        if self.equilibrate_ps < 0:
+            raise BgkitError(f"--equilibrate must be >= 0, got {self.equilibrate_ps}")
+        if self.replicas > MAX_REPLICAS:
+            raise BgkitError(f"--replicas must be <= {MAX_REPLICAS}, got {self.replicas}")
+        if self.temperatures_K is not None and len(self.temperatures_K) > MAX_TEMPERATURES:
+            raise BgkitError(f"--replica-exchange must be <= {MAX_TEMPERATURES} temperatures, got "
+                             f"{len(self.temperatures_K)}")
         for what, ratio in (("--save-every / --step", self.save_every_ps * 1000.0 / self.step_fs),
                             ("--ns / --save-every", self.ns * 1000.0 / self.save_every_ps),
                             ("--chunk / --save-every", self.chunk_ps / self.save_every_ps),
                             ("--equilibrate / --step", self.equilibrate_ps * 1000.0 / self.step_fs)):
             if not ratio < 1e15:
                 raise BgkitError(f"{what} is {ratio:.3g}: too many steps or frames")
+        if self.total_frames * self.replicas > MAX_FRAMES:
+            raise BgkitError(f"--ns {self.ns} x --replicas {self.replicas} at --save-every {self.save_every_ps} ps is "
+                             f"{self.total_frames * self.replicas:,} frames, more than {MAX_FRAMES:,}: too many frames")
         if self.total_frames < 1:
             raise BgkitError(f"--ns {self.ns} is shorter than one frame (--save-every {self.save_every_ps} ps)")
         if abs(self.steps_per_frame * self.step_fs - self.save_every_ps * 1000.0) > 1e-6:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bgkit import BgkitError
+from bgkit.md.dataset import HAMILTONIAN_FIELDS, hamiltonian_mismatch, hamiltonian_record
 from bgkit.md.chunks import Chunk, chunk_seed, commit_state, open_replica, resume_state, run_chunks, state_name
 from bgkit.md.pool import run_replicas
 from bgkit.md.replica_exchange import run_exchange_replica, temperature_ladder
@@ -147,29 +148,31 @@ def prepare(out: Path, system: System, settings: MDSettings) -> None:
             raise BgkitError(f"{out} holds a run with other settings ({diff}); use another --out")
         if meta["topology_hash"] != system.topology_hash:
             raise BgkitError(f"{out} was simulated with a different topology than system '{system.name}'")
+        problem = hamiltonian_mismatch(meta, system, out)  # a run is never extended with another Hamiltonian
+        if problem:
+            raise BgkitError(problem + "; use another --out")
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_marker(out, "bgkit.md_dataset")  # a dataset grows and is never replaced: no file list
         meta = {}
     (out / "system").mkdir(exist_ok=True)
-    for f in system.folder.iterdir():  # a frozen copy of the system definition
-        if f.name == "system.yaml" or f.name == system.spec.topology:
-            shutil.copy(f, out / "system" / f.name)
-    for entry in system.forcefield_files():
-        if os.path.isfile(entry):
-            shutil.copy(entry, out / "system" / Path(entry).name)
-    shutil.copy(system.pdb_path, out / "topology.pdb")
+    for f in system.definition_files():  # a frozen copy of the system definition, relative paths kept
+        try:
+            rel = f.resolve().relative_to(system.folder.resolve())
+        except ValueError:  # a file outside the folder: system.yaml names it by its absolute path
+            continue
+        (out / "system" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, out / "system" / rel)
+    system.write_topology_pdb(out / "topology.pdb")
     import openmm
 
+    hamiltonian = hamiltonian_record(system)  # forcefield ... temperature_K, system_xml (hash of the OpenMM System)
     meta.update({
         "kind": "bgkit.md_dataset",
         "system": system.name,
         "topology_hash": system.topology_hash,
         "n_atoms": system.n_atoms,
-        "forcefield": list(system.spec.forcefield),
-        "nonbonded_method": system.spec.nonbonded_method,
-        "nonbonded_cutoff_nm": system.spec.nonbonded_cutoff_nm,
-        "temperature_K": system.temperature,
+        **{k: hamiltonian[k] for k in HAMILTONIAN_FIELDS if k != "constraints"},
         "kT_kJ_per_mol": system.kT,
         "integrator": "LangevinMiddleIntegrator",
         "replica_exchange": None if settings.temperatures_K is None else {
@@ -178,7 +181,8 @@ def prepare(out: Path, system: System, settings: MDSettings) -> None:
             "exported_temperature_K": settings.temperatures_K[0],
             "exchange_every_ps": settings.save_every_ps,
         },
-        "constraints": system.spec.constraints,
+        "constraints": hamiltonian["constraints"],
+        "system_xml": hamiltonian["system_xml"],
         "platform": settings.platform or system.preferred_platform(),
         "settings": asdict(settings),
         "energy_unit": "kT (reduced, of the stored XTC coordinates)",
@@ -222,6 +226,12 @@ def simulate(system: str | System, out: str | os.PathLike, ns: float, replicas: 
                           friction_per_ps=friction_per_ps, save_every_ps=save_every_ps, chunk_ps=chunk_ps,
                           equilibrate_ps=equilibrate_ps, platform=platform, temperatures_K=temperatures)
     out = Path(out)
+    settings.validate()
+    from bgkit.limits import check_disk
+
+    have = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if (out / "dataset.json").is_file() else 0
+    check_disk("--ns", settings.ns, settings.total_frames * settings.replicas * (sys_.n_atoms * 12 + 16) - have, out,
+               f"frames ({settings.replicas} replica(s), XTC and energies)")
     prepare(out, sys_, settings)
     worker = run_replica if temperatures is None else run_exchange_replica
     return run_replicas(worker, str(out), settings.replicas, asdict(settings), settings.ns * settings.replicas,

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from bgkit import BgkitError
 from bgkit.train.objectives import OBJECTIVES, REGULARISERS
 
-__all__ = ["TrainConfig", "schedule_for", "lr_factor", "RESUME_FIELDS"]
+__all__ = ["TrainConfig", "schedule_for", "lr_factor", "RESUME_FIELDS", "CLI_OPTIONS"]
 
 # Fields that must match between a checkpoint and a resumed run.
 RESUME_FIELDS = (
@@ -21,6 +21,13 @@ RESUME_FIELDS = (
     "ema", "seed", "objective", "reg", "reg_weight", "noise_std", "logdet_weight", "kl_weight", "kl_batch_size", "kl_energy_cap",
     "wcfm_kappa", "fdm_cfm_weight", "fdm_cdm_weight",
 )
+
+
+#: the command-line option of each field a user sets (`bgkit train`, `bgkit teacher train`)
+CLI_OPTIONS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed", "reg": "--reg",
+               "reg_weight": "--reg-weight", "noise_std": "--noise", "logdet_weight": "--logdet-weight",
+               "kl_weight": "--kl-weight", "wcfm_kappa": "--wcfm-kappa", "fdm_cdm_weight": "--fdm-weight",
+               "max_seconds": "--max-seconds"}
 
 
 def schedule_for(steps: int) -> dict[str, int]:
@@ -81,41 +88,59 @@ class TrainConfig:
     max_seconds: float | None = None
 
     def validate(self) -> None:
-        """Raise BgkitError naming the first invalid field."""
-        checks: list[tuple[str, Callable[[], bool]]] = [
-            ("steps", lambda: self.steps >= 1),
-            ("batch_size", lambda: self.batch_size >= 1),
-            ("lr", lambda: self.lr > 0),
-            ("weight_decay", lambda: self.weight_decay >= 0),
-            ("betas", lambda: len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
-            ("warmup_steps", lambda: self.warmup_steps >= 0),
-            ("min_lr_factor", lambda: 0 <= self.min_lr_factor <= 1),
-            ("grad_clip", lambda: self.grad_clip is None or self.grad_clip > 0),
-            ("ema", lambda: 0 <= self.ema < 1),
-            ("val_every", lambda: self.val_every >= 1),
-            ("ckpt_every", lambda: self.ckpt_every >= 1),
-            ("val_batch_size", lambda: self.val_batch_size >= 1),
-            ("seed", lambda: self.seed >= 0),
-            ("objective", lambda: self.objective in OBJECTIVES),
-            ("reg", lambda: self.reg in REGULARISERS),
-            ("reg_weight", lambda: self.reg_weight >= 0),
-            ("noise_std", lambda: self.noise_std >= 0),
-            ("logdet_weight", lambda: self.logdet_weight >= 0),
-            ("kl_weight", lambda: self.kl_weight >= 0),
-            ("kl_batch_size", lambda: self.kl_batch_size is None or self.kl_batch_size >= 2),
-            ("kl_energy_cap", lambda: self.kl_energy_cap > 0),
-            ("wcfm_kappa", lambda: self.wcfm_kappa > 0),
-            ("fdm_cfm_weight", lambda: self.fdm_cfm_weight >= 0),
-            ("fdm_cdm_weight", lambda: self.fdm_cdm_weight >= 0),
-            ("max_seconds", lambda: self.max_seconds is None or self.max_seconds > 0),
+        """Raise BgkitError naming the first invalid field (and its command-line option) and its allowed range."""
+        from bgkit.limits import MAX_BATCH, MAX_STEPS  # noqa: PLC0415
+
+        def num(x: Any) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        def whole(x: Any) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        checks: list[tuple[str, Callable[[], bool], str]] = [
+            ("steps", lambda: whole(self.steps) and 1 <= self.steps <= MAX_STEPS, f"a whole number in [1, {MAX_STEPS:,}]"),
+            ("batch_size", lambda: whole(self.batch_size) and 1 <= self.batch_size <= MAX_BATCH,
+             f"a whole number in [1, {MAX_BATCH:,}]"),
+            ("lr", lambda: num(self.lr) and 0 < self.lr <= 1, "a finite number > 0 and <= 1"),
+            ("weight_decay", lambda: num(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
+            ("betas", lambda: len(self.betas) == 2 and all(num(b) and 0 <= b < 1 for b in self.betas),
+             "two numbers in [0, 1)"),
+            ("warmup_steps", lambda: whole(self.warmup_steps) and 0 <= self.warmup_steps <= MAX_STEPS,
+             f"a whole number in [0, {MAX_STEPS:,}]"),
+            ("min_lr_factor", lambda: num(self.min_lr_factor) and 0 <= self.min_lr_factor <= 1, "a number in [0, 1]"),
+            ("grad_clip", lambda: self.grad_clip is None or (num(self.grad_clip) and self.grad_clip > 0),
+             "a finite number > 0 (or None)"),
+            ("ema", lambda: num(self.ema) and 0 <= self.ema < 1, "a number in [0, 1)"),
+            ("val_every", lambda: whole(self.val_every) and self.val_every >= 1, "a whole number >= 1"),
+            ("ckpt_every", lambda: whole(self.ckpt_every) and self.ckpt_every >= 1, "a whole number >= 1"),
+            ("val_batch_size", lambda: whole(self.val_batch_size) and 1 <= self.val_batch_size <= MAX_BATCH,
+             f"a whole number in [1, {MAX_BATCH:,}]"),
+            ("seed", lambda: whole(self.seed) and 0 <= self.seed < 2**63, "a whole number >= 0"),
+            ("objective", lambda: self.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
+            ("reg", lambda: self.reg in REGULARISERS, f"one of {', '.join(r or 'none' for r in REGULARISERS)}"),
+            ("reg_weight", lambda: num(self.reg_weight) and self.reg_weight >= 0, "a finite number >= 0"),
+            ("noise_std", lambda: num(self.noise_std) and self.noise_std >= 0, "a finite number >= 0"),
+            ("logdet_weight", lambda: num(self.logdet_weight) and self.logdet_weight >= 0, "a finite number >= 0"),
+            ("kl_weight", lambda: num(self.kl_weight) and self.kl_weight >= 0, "a finite number >= 0"),
+            ("kl_batch_size", lambda: self.kl_batch_size is None or (whole(self.kl_batch_size)
+                                                                     and 2 <= self.kl_batch_size <= MAX_BATCH),
+             f"a whole number in [2, {MAX_BATCH:,}] (or None)"),
+            ("kl_energy_cap", lambda: num(self.kl_energy_cap) and self.kl_energy_cap > 0, "a finite number > 0"),
+            ("wcfm_kappa", lambda: num(self.wcfm_kappa) and self.wcfm_kappa > 0, "a finite number > 0"),
+            ("fdm_cfm_weight", lambda: num(self.fdm_cfm_weight) and self.fdm_cfm_weight >= 0, "a finite number >= 0"),
+            ("fdm_cdm_weight", lambda: num(self.fdm_cdm_weight) and self.fdm_cdm_weight >= 0, "a finite number >= 0"),
+            ("max_seconds", lambda: self.max_seconds is None or (num(self.max_seconds) and self.max_seconds > 0),
+             "a finite number > 0 (or None)"),
         ]
-        for name, check in checks:
+        for name, check, allowed in checks:
             try:
                 ok = bool(check())
             except TypeError:
                 ok = False
             if not ok:
-                raise BgkitError(f"invalid training config: {name}={getattr(self, name)!r}")
+                option = CLI_OPTIONS.get(name)
+                what = f"{option} ({name})" if option else f"training config field {name}"
+                raise BgkitError(f"{what} must be {allowed}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from bgkit import BgkitError
-from bgkit.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, sanitize
+from bgkit.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, non_finite_weight, sanitize
 from bgkit.distributed import destroy_group
 from bgkit.provenance import atomic_save, provenance
 from bgkit.train.config import RESUME_FIELDS, TrainConfig, lr_factor
@@ -42,7 +42,7 @@ from bgkit.train.objectives import get_objective
 from bgkit.train.rows import BatchOrder, prepare_rows
 from bgkit.train.state import EMA, get_rng, seed_all, set_rng
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train", "NonFiniteError"]
 
 Augment = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
 #: an objective's per-batch statistics kept in the history at each validation (KL terms, W-CFM pair-weight ESS/B, FDM residual)
@@ -132,14 +132,54 @@ def train(
                          "coordinates)")
     ctx = setup_dist(config)
     finished = False
+    out_path = Path(out_path)
+    before = _identity(out_path)
     try:
-        result = _train(flow, train_data, val_data, config, Path(out_path), resume, augment,
+        result = _train(flow, train_data, val_data, config, out_path, resume, augment,
                         extra_checkpoint, progress, ctx, target)
         finished = True
         return result
+    except NonFiniteError as exc:
+        if ctx.rank == 0:
+            raise NonFiniteError(f"{exc} ({_set_aside(out_path, before, resume)})") from None
+        raise
     finally:
         if ctx.owns_group:
             destroy_group(finished)
+
+
+class NonFiniteError(BgkitError):
+    """Training diverged: a non-finite loss, gradient norm or weight."""
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of ``path``, None if it does not exist: tells whether this run has replaced it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _set_aside(path: Path, before: tuple[int, int] | None, resume: bool) -> str:
+    """After a diverged run: what became of the checkpoint at ``path`` (said in the error).
+
+    Every checkpoint the loop writes has finite weights. A fresh run's last one is moved to
+    ``PATH.stepN-before-failure``, so no model is left under the --out name (a rerun is not refused, and
+    nothing samples from a failed run by mistake); a resumed run's file keeps its last good state.
+    """
+    now = _identity(path)
+    if now is None or now == before:
+        return f"no checkpoint was written to {path}" if before is None else f"{path} was not changed"
+    try:
+        step = int(load_checkpoint(path)["step"])
+    except BgkitError:
+        step = None
+    if resume:
+        return f"{path} keeps the last good state" + (f", step {step}" if step is not None else "")
+    aside = path.with_name(f"{path.name}.step{step if step is not None else 'N'}-before-failure")
+    os.replace(path, aside)
+    return f"the last good checkpoint (step {step}, unfinished) is kept as {aside}, not as {path}"
 
 
 def _train(
@@ -159,7 +199,8 @@ def _train(
     if cfg.batch_size % ctx.world:
         raise BgkitError(f"batch_size {cfg.batch_size} is not divisible by the world size {ctx.world}")
     if n < cfg.batch_size:
-        raise BgkitError(f"training set ({n} samples) is smaller than batch_size {cfg.batch_size}")
+        raise BgkitError(f"the training set ({n} samples) is smaller than --batch-size {cfg.batch_size}: choose a "
+                         "smaller --batch-size (or a larger --max-frames)")
     extra = sanitize(extra or {}, "extra_checkpoint")
     flow_info = sanitize({"class": f"{type(flow).__module__}.{type(flow).__qualname__}",
                            "arch": getattr(flow, "arch", None) or None,
@@ -214,12 +255,12 @@ def _train(
             global_loss = float(ctx.all_mean(loss.detach().reshape(1))[0])
             step += 1
             if not math.isfinite(global_loss):
-                raise BgkitError(f"training loss became {global_loss} at step {step}; "
-                                 "lower the learning rate, clip gradients or check the data")
+                raise NonFiniteError(f"training loss became {global_loss} at step {step}; "
+                                     "lower the learning rate, clip gradients or check the data")
             gnorm = float(torch.nn.utils.clip_grad_norm_(flow.parameters(), cfg.grad_clip or math.inf))
             if not math.isfinite(gnorm):
-                raise BgkitError(f"gradient norm became {gnorm} at step {step}; "
-                                 "lower the learning rate, clip gradients or check the data")
+                raise NonFiniteError(f"gradient norm became {gnorm} at step {step}; "
+                                     "lower the learning rate, clip gradients or check the data")
             optimizer.step()
             scheduler.step()
             ema.update(flow)
@@ -247,6 +288,10 @@ def _train(
                     "loss_units": get_objective(cfg.objective).units,
                     "world_size": ctx.world,
                 }
+                bad = non_finite_weight(ema.model) or non_finite_weight(flow)
+                if bad:  # never written: a checkpoint holds a usable model or nothing
+                    raise NonFiniteError(f"the weights became non-finite at step {step} ({bad}); "
+                                         "lower the learning rate, clip gradients or check the data")
                 rng = ctx.gather(get_rng(ctx.device))
                 if ctx.rank == 0:
                     atomic_save(_checkpoint(flow, ema, optimizer, scheduler, rng, cfg, ctx, n, step, is_last,

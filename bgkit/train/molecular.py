@@ -21,7 +21,7 @@ import torch
 
 from bgkit import BgkitError
 from bgkit.coords import Representation, fit_representation, representation_from_state
-from bgkit.md.dataset import Dataset, load_dataset
+from bgkit.md.dataset import Dataset, load_dataset, system_dataset
 from bgkit.proposal import PROPOSAL_KIND, system_record
 from bgkit.systems import load_system
 
@@ -48,7 +48,7 @@ def to_flow_space(rep: Representation, xyz: np.ndarray) -> np.ndarray:
 def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: int | None = None,
                     block_size: int = 4096, seed: int = 0, align: bool = True,
                     coords: str = "cartesian") -> dict[str, Any]:
-    """Exact-OT RegFlow targets for the train split of ``data`` (default: the system's shipped data).
+    """Exact-OT RegFlow targets for the train split of ``data`` (default: the system folder's own ``md/``).
 
     ``coords``: the flow space ("cartesian" | "internal"); in internal coordinates the
     cost on torsions is the squared wrapped (geodesic) difference. With ``align``
@@ -84,9 +84,10 @@ def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: in
 
 
 def _datasets(data: str | list[str] | None, system: Any) -> list[Dataset]:
-    """The training datasets (default: the system's shipped data), each checked against the system's topology."""
-    names = [data] if isinstance(data, (str, Path)) else list(data or [system.name])
-    return [load_dataset(name, system) for name in names]
+    """The training datasets (default: the system folder's own ``md/``, never one found by the system's name),
+    each checked against the system (topology and Hamiltonian)."""
+    names = [data] if isinstance(data, (str, Path)) else list(data or [])
+    return [load_dataset(name, system) for name in names] if names else [system_dataset(system)]
 
 
 def train_proposal(system: str, arch: str, objective: str, out: str | Path, targets: str | None = None,
@@ -121,7 +122,11 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
                          if spec.model == "cnf" else "coupling flows and TarFlow, not a cnf (teachers are trained by "
                          "flow matching: cfm, otcfm, wcfm, fdm)"))
     sys_ = load_system(system)
+    sys_.check_unconstrained("training")  # constrained bonds: no flow representation keeps them fixed
     cfg = TrainConfig.from_dict({"objective": objective, **(config_overrides or {})})
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 2):
+        raise BgkitError(f"--max-frames must be a whole number >= 2 (the coordinates are fitted on the frames), "
+                         f"got {max_frames!r}")
     datasets = _datasets(data, sys_)
     val_xyz = _frames(datasets, "val", 2000, cfg.seed)
     start = _initial_proposal(init, sys_, arch, coords) if init is not None else None
@@ -178,6 +183,7 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         rotors = rotor_groups(sys_, xyz[np.linspace(0, len(xyz) - 1, 4).round().astype(int)])
         augment = _compose(RotorRelabel(rep, rotors), rep.augment)
     if resume and Path(out).exists():
+        _check_resumed_origin(Path(out), sys_, rep, targets)
         _check_resumed_rotors(Path(out), rotors)
     hp = dict(start.info["hparams"]) if start is not None else dict(hparams or {})
     if rep.periodic:
@@ -210,6 +216,31 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         target = BoltzmannTarget(rep, model.torch_energy, cfg.kl_energy_cap)
         return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
                      extra_checkpoint=extra, progress=progress, target=target)
+
+
+def _check_resumed_origin(path: Path, system: Any, rep: Representation, targets: str | None) -> None:
+    """Refuse to resume a run trained on another system or in other coordinates, saying which (rather than
+    the flow dimensions that differ as a result)."""
+    from bgkit.checkpoint import load_checkpoint
+
+    extra = load_checkpoint(path).get("extra") or {}
+    old_sys = extra.get("system") or {}
+    if old_sys.get("topology_hash") not in (None, system.topology_hash):
+        raise BgkitError(f"cannot resume from {path}: it was trained on system '{old_sys.get('name')}' "
+                         f"({old_sys.get('n_atoms')} atoms), not '{system.name}' ({system.n_atoms} atoms); "
+                         "give the run's --system or another --out")
+    state = extra.get("transform")
+    if state is None:
+        return
+    old_rep = representation_from_state(state)
+    source = f"--targets {targets}" if targets else "--coords"
+    if old_rep.kind != rep.kind:
+        raise BgkitError(f"cannot resume from {path}: it was trained in {old_rep.kind} coordinates, not {rep.kind} "
+                         f"(from {source}); repeat the run's options or choose another --out")
+    if old_rep != rep:
+        raise BgkitError(f"cannot resume from {path}: its {old_rep.kind} coordinates were fitted on other frames or "
+                         f"targets than this run's (--data, --max-frames or --targets differ); repeat the run's "
+                         "options or choose another --out")
 
 
 def _check_resumed_rotors(path: Path, rotors: list) -> None:

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bgkit import BgkitError
-from bgkit.provenance import atomic_write_bytes
+from bgkit.provenance import atomic_write_bytes, dumps_json
 
 __all__ = ["pair_cost", "ot_assignment", "ot_pairs", "Targets", "save_targets", "load_targets", "TARGET_KINDS"]
 
@@ -128,6 +128,10 @@ def ot_pairs(
         raise BgkitError("ot_pairs: data contain NaN or inf values")
     if int(block_size) < 1:
         raise BgkitError(f"ot_pairs: block_size must be >= 1, got {block_size}")
+    from bgkit.limits import check_memory  # noqa: PLC0415
+
+    m = min(int(block_size), x1.shape[0])  # the cost matrix and the plan of one block, float64
+    check_memory("--block-size", block_size, 2 * 8 * m * m, f"the exact OT of blocks of {m} pairs")
     dtype = x1.dtype if np.issubdtype(x1.dtype, np.floating) else np.float64
     n, dim = x1.shape
     rng = np.random.default_rng(seed)
@@ -191,7 +195,7 @@ def save_targets(
         x1=x1,
         format=np.array(f"{_FORMAT}/{_FORMAT_VERSION}"),
         kind=np.array(kind),
-        provenance=np.array(json.dumps(provenance or {}, default=str)),
+        provenance=np.array(dumps_json(provenance or {}, indent=None)),
     )
     return atomic_write_bytes(buf.getvalue(), path)
 
@@ -217,8 +221,15 @@ def load_targets(path: str | os.PathLike) -> Targets:
         raise
     except Exception as exc:  # zipfile.BadZipFile, KeyError, ValueError, OSError, ...
         raise BgkitError(f"cannot read targets file {path}: {type(exc).__name__}: {exc}") from None
-    if fmt.split("/")[0] != _FORMAT:
+    name, _, version = fmt.partition("/")
+    if name != _FORMAT:
         raise BgkitError(f"{path} is not a bgkit targets file (format {fmt!r})")
+    if not version.isdigit() or int(version) < 1:
+        raise BgkitError(f"targets file {path} has a malformed format {fmt!r} (no version number): the file is "
+                         "damaged or was not written by bgkit")
+    if int(version) > _FORMAT_VERSION:
+        raise BgkitError(f"targets file {path} has format version {version}; this bgkit reads versions up to "
+                         f"{_FORMAT_VERSION}: update bgkit")
     if kind not in TARGET_KINDS:
         raise BgkitError(f"targets file {path} has unknown kind {kind!r}")
     _check_pair(x0, x1, f"targets file {path}")
