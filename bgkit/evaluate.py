@@ -21,7 +21,7 @@ best a proposal can be expected to reach on this reference.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 from bgkit import BgkitError
 from bgkit.md.dataset import Dataset
 from bgkit.proposal import Proposal
+from bgkit.protocols import PROTOCOLS, Protocol, protocol_ess
 from bgkit.reweight import normalized_weights
 from bgkit.sample import SampleResult
 from bgkit.systems import System
@@ -38,52 +39,6 @@ from bgkit.systems import System
 PRINTED_METRICS = ("ess", "ess_fraction", "ess_fraction_clipped", "e_w2_proposal", "e_w2_resampled",
                    "e_w2_resampled_unclipped", "t_w2_proposal", "t_w2_resampled", "t_w2_resampled_unclipped",
                    "nll_test", "log_w_std_test", "ram_tv", "samples_per_second")
-@dataclass(frozen=True)
-class Protocol:
-    """How a literature family measures a proposal: the sample count, the log-weight treatment and where
-    E-W2/T-W2 are measured. ``ess_clip``: "cap" sets the largest ``ess_clip_fraction`` of the log-weights to
-    the largest of the others before the protocol's ESS, "drop" removes them, None reports the raw ESS;
-    ``clip_fraction``: dropped before resampling for E-W2/T-W2 (the resampled set)."""
-
-    name: str
-    n: int
-    clip_fraction: float
-    ess_clip: str | None
-    ess_clip_fraction: float
-    description: str
-
-
-#: the evaluation protocols of ``bgkit evaluate --protocol``
-PROTOCOLS = {
-    "bgkit": Protocol("bgkit", 10_000, 0.002, None, 0.0,
-                      "bgkit's default: ESS/N unclipped (clipped beside it); E-W2/T-W2 of the set resampled after "
-                      "dropping the top 0.2 % of the log-weights, and of the unclipped resampled set"),
-    "internal": Protocol("internal", 1_000_000, 1e-4, "cap", 1e-4,
-                         "internal-coordinate BG papers (FAB, TA-BG, constrained mass transport): ESS/N of 10^6 "
-                         "samples with the largest 10^-4 of the log-weights clipped (capped at the largest of the others)"),
-    "cartesian": Protocol("cartesian", 200_000, 0.002, "drop", 0.002,
-                          "Cartesian BG papers (SBG, FALCON, autoregressive BGs): 2·10^5 samples, the top 0.2 % of the "
-                          "log-weights dropped; ESS/N and E-W2/T-W2 of the resampled set after the drop"),
-}
-
-
-def protocol_ess(log_w: np.ndarray, protocol: Protocol) -> float:
-    """ESS/N of log-weights [N] as ``protocol`` reports it (N: all samples, clipped ones included)."""
-    from bgkit.reweight import clip_log_weights, kish_ess
-
-    lw = np.asarray(log_w, dtype=np.float64)
-    if protocol.ess_clip is None or protocol.ess_clip_fraction == 0:
-        return kish_ess(lw) / len(lw)
-    if protocol.ess_clip == "drop":
-        return kish_ess(clip_log_weights(lw, protocol.ess_clip_fraction)[0]) / len(lw)
-    finite = np.sort(lw[np.isfinite(lw)])
-    k = int(np.floor(protocol.ess_clip_fraction * finite.size))
-    if k == 0:
-        return kish_ess(lw) / len(lw)
-    cap = finite[-k - 1] if k < finite.size else finite[0]
-    return kish_ess(np.minimum(lw, cap)) / len(lw)
-
-
 #: the figures :func:`write_figures` draws into an evaluation folder
 FIGURES = ("ramachandran.png", "energies.png", "log_weights.png")
 #: a reference with fewer test frames (all its datasets' test splits together) is refused: W2 and NLL of a
@@ -199,7 +154,7 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
 
     ``nll_frames``: compute the test NLL on this many evenly spaced test frames (None: all).
     """
-    from bgkit.metrics import energy_w2_with_counts, torsion_w2
+    from bgkit.metrics import energy_w2_with_counts
 
     ref = as_reference(reference)
     system = ref.system
@@ -224,6 +179,9 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
     log_w_test = log_w_test[np.isfinite(log_w_test)]
     floor = noise_floor(ref, t_md, max_ot=max_ot, seed=seed) if floor else None
     ram = ramachandran_distance(result, ref, floor=floor is not None)
+    from bgkit.coverage import basin_report
+
+    basins, lost = basin_report(result.xyz, result.weights.log_w, ref.xyz, system) if ram else ({}, [])
     return {
         "system": system.name,
         "n_samples": int(len(result.energy_kt)),
@@ -241,6 +199,9 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
         "log_w_std_test": float(np.std(log_w_test)) if len(log_w_test) > 1 else float("nan"),
         "samples_per_second": result.summary()["samples_per_second"],
         **ram,
+        "basins": basins,
+        "basins_lost": lost,
+        "basins_note": "reweighted (unclipped weights, SNIS error) vs the reference test frames (block bootstrap)",
         "protocol": asdict(protocol or PROTOCOLS["bgkit"]),
         "ess_fraction_protocol": protocol_ess(result.weights.log_w, protocol or PROTOCOLS["bgkit"]),
         "n_nonfinite": result.weights.n_nonfinite,
@@ -289,7 +250,7 @@ def noise_floor(reference: Reference | Dataset, t_test: np.ndarray | None = None
     ``block_frames``: per dataset, the [first, last + 1) frame range of its block.
     None when a dataset holds fewer than twice its test frames.
     """
-    from bgkit.metrics import energy_w2_with_counts, torsion_w2
+    from bgkit.metrics import energy_w2_with_counts
 
     ref = as_reference(reference)
     blocks = ref.floor_blocks
@@ -355,6 +316,12 @@ def metrics_lines(metrics: dict[str, Any]) -> list[str]:
     if metrics.get("protocol", {}).get("name", "bgkit") != "bgkit":
         p = metrics["protocol"]
         lines.append(f"{'ESS/N, protocol':20s} {metrics['ess_fraction_protocol']:.4f}  ({p['name']}: {p['description']})")
+    if metrics.get("basins"):
+        lines.append(f"{'basins (reweighted)':20s} " + ", ".join(
+            f"{k} {b['reweighted']:.4f} ± {b['reweighted_stderr']:.4f} (ref {b['reference']:.4f})"
+            for k, b in metrics["basins"].items()))
+    for lost in metrics.get("basins_lost") or []:
+        lines.append(f"warning: {lost}")
     if metrics.get("noise_floor"):
         f = metrics["noise_floor"]
         t_w2 = "n/a" if f["t_w2"] is None else f"{f['t_w2']:.4f}"

@@ -26,30 +26,26 @@ is a function of the seed).
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from bgkit import BgkitError
+from bgkit.refine_folder import (RefinementFolder, chunk_seed, draw_chunks, is_refinement_folder,
+                                 resampled_flow_vectors, sha256_of)
 
 if TYPE_CHECKING:
     from bgkit.proposal import Proposal
     from bgkit.systems import System
 
-__all__ = ["RefineConfig", "RefineResult", "refine", "basin_report", "BASIN_LOSS_RATIO", "BASIN_MIN_FRACTION"]
+__all__ = ["RefineConfig", "RefineResult", "refine"]
 
-STATE_FILE = "state.json"
-#: a basin holding at least this fraction of the reference frames ...
-BASIN_MIN_FRACTION = 0.01
-#: ... is reported lost when its reweighted population falls below this fraction of the reference's
-BASIN_LOSS_RATIO = 0.1
 
 
 @dataclass
@@ -82,7 +78,17 @@ class RefineConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        from bgkit.limits import MAX_BATCH, MAX_COUNT, MAX_STEPS, check_int
         from bgkit.reweight import RESAMPLING_SCHEMES
+
+        for option, value, high in (("--rounds", self.rounds, 10_000), ("--draws", self.draws, MAX_COUNT),
+                                    ("--resampled", self.resampled, MAX_COUNT), ("--steps", self.steps, MAX_STEPS),
+                                    ("--batch-size", self.batch_size, MAX_BATCH),
+                                    ("--warmup-steps", self.warmup_steps, MAX_STEPS),
+                                    ("--val-draws", self.val_draws, MAX_COUNT),
+                                    ("--chunk-size", self.chunk_size, MAX_BATCH), ("--max-ot", self.max_ot, 20_000),
+                                    ("--seed", self.seed, 2**31 - 1)):
+            check_int(option, value, 0, high)
 
         checks = [("--rounds", self.rounds >= 1), ("--draws", self.draws >= 2),
                   ("--resampled", self.resampled is None or self.resampled >= 2),
@@ -106,6 +112,17 @@ class RefineConfig:
     def n_resampled(self) -> int:
         return self.draws if self.resampled is None else self.resampled
 
+    def check_resources(self, n_atoms: int, dim: int, work: Path) -> None:
+        """BgkitError naming the option when a round would not fit in memory or its draws on disk."""
+        from bgkit.limits import check_disk, check_memory
+
+        chunk = min(self.chunk_size, self.draws)
+        check_memory("--draws", self.draws, 40.0 * self.draws + 80.0 * chunk * n_atoms * 3, "log-weights and a chunk")
+        check_memory("--resampled", self.n_resampled, 4.0 * self.n_resampled * dim * 3, "the resampled training rows")
+        check_memory("--val-draws", self.val_draws, 100.0 * self.val_draws * n_atoms * 3, "the validation draw")
+        check_disk("--draws", self.draws, (12.0 * n_atoms + 32) * self.draws * (self.rounds + 1), work.parent,
+                   "draw chunks (all rounds)")
+
     #: fields that may change when a run is continued (more rounds)
     MAY_CHANGE = ("rounds",)
 
@@ -120,194 +137,19 @@ class RefineResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _chunk_seed(seed: int, round_: int, chunk: int) -> int:
-    """A distinct sampling seed per (run seed, round, chunk); chunk −1 is the validation draw."""
-    return int(seed) * 1_000_003 + 10_007 * round_ + chunk + 1
-
-
-def basin_masks(xyz: np.ndarray, system: System) -> dict[str, np.ndarray]:
-    """Conformational basins of frames [n, N, 3] nm (:func:`bgkit.free_energy.states.basin_masks`)."""
-    from bgkit.evaluate import labelled_torsions
-    from bgkit.free_energy.states import basin_masks as masks_of_torsions
-
-    return masks_of_torsions(*labelled_torsions(xyz, system))
-
-
-def basin_report(xyz: np.ndarray, log_w: np.ndarray, reference_xyz: np.ndarray, system: System,
-                 n_blocks: int = 20) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """Reweighted basin populations of draws (SNIS, with standard errors) beside the reference's (block
-    bootstrap over ``n_blocks`` time blocks of its frames), and a warning for every basin that holds
-    ≥ :data:`BASIN_MIN_FRACTION` of the reference frames but less than :data:`BASIN_LOSS_RATIO` of that
-    population in the reweighted draws.
-
-    xyz [n, N, 3] nm with log_w [n] (−inf: zero weight); reference_xyz [m, N, 3] nm, time-ordered.
-    """
-    from bgkit.free_energy.states import basin_populations
-    from bgkit.reweight import snis_mean
-
-    ok = np.isfinite(log_w)
-    mine = basin_masks(xyz[ok], system)
-    ref = basin_populations(basin_masks(reference_xyz, system), n_blocks=min(n_blocks, len(reference_xyz)), seed=0)
-    report, warnings = {}, []
-    for name, mask in mine.items():
-        p, err = snis_mean(mask.astype(np.float64), log_w[ok])
-        r = ref[name]
-        report[name] = {"reweighted": p, "reweighted_stderr": err, "reference": r.fraction,
-                        "reference_stderr": r.stderr, "proposal_unweighted": float(mask.mean())}
-        if r.fraction >= BASIN_MIN_FRACTION and p < BASIN_LOSS_RATIO * r.fraction:
-            warnings.append(f"basin {name} holds {100 * r.fraction:.1f} % of the reference frames but "
-                            f"{100 * p:.2f} % of the reweighted draws: the proposal has lost it")
-    return report, warnings
-
-
 # --------------------------------------------------------------------------- the run
-
-
-class _Run:
-    """One refinement run's work folder: state.json (config, history), round_K/ (draw chunks, checkpoint)."""
-
-    def __init__(self, work: Path, config: RefineConfig, start: dict[str, Any]):
-        import json
-
-        from bgkit.provenance import atomic_write_json
-
-        self.work = work
-        self.config = config
-        self._write = atomic_write_json
-        path = work / STATE_FILE
-        if path.is_file():
-            try:
-                state = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise BgkitError(f"{path} cannot be read ({exc}): pass --force to start the refinement over") from None
-            old = state.get("config", {})
-            new = asdict(config)
-            changed = [k for k in new if k not in RefineConfig.MAY_CHANGE and old.get(k) != new[k]]
-            if changed:
-                k = changed[0]
-                raise BgkitError(f"{work} holds a refinement run with {k.replace('_', '-')} {old.get(k)!r}, not "
-                                 f"{new[k]!r}: repeat its options to continue it, or pass --force to start over")
-            if state.get("start") != start:
-                raise BgkitError(f"{work} holds a refinement run of another starting proposal "
-                                 f"({state.get('start', {}).get('model')}): pass --force to start over")
-            self.state = state
-            self.state["config"] = new
-        else:
-            work.mkdir(parents=True, exist_ok=True)
-            self.state = {"kind": "bgkit.refinement", "config": asdict(config), "start": start, "history": []}
-            self.save()
-
-    def save(self) -> None:
-        self._write(self.state, self.work / STATE_FILE)
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.state["history"]
-
-    def round_dir(self, k: int) -> Path:
-        d = self.work / f"round_{k:03d}"
-        d.mkdir(exist_ok=True)
-        return d
-
-    def chunks(self, k: int) -> dict[str, str]:
-        """Finished draw chunks of round k: file name -> sha256."""
-        return self.state.setdefault("chunks", {}).setdefault(str(k), {})
-
-
-def _is_refinement_folder(work: Path) -> bool:
-    """Whether ``work`` is a folder this module made (a state.json of kind bgkit.refinement, or empty)."""
-    import json
-
-    if not work.is_dir():
-        return False
-    if not any(work.iterdir()):
-        return True
-    try:
-        return json.loads((work / STATE_FILE).read_text()).get("kind") == "bgkit.refinement"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _draw_chunks(run: _Run, k: int, proposal: Proposal, system: System, energy: Any, say: Callable[[str], None],
-                 progress: bool) -> list[Path]:
-    """Round k's draw chunks (drawn now unless finished and intact), in order."""
-    from bgkit.sample import draw
-
-    cfg = run.config
-    done = run.chunks(k)
-    paths = []
-    n_chunks = math.ceil(cfg.draws / cfg.chunk_size)
-    for i in range(n_chunks):
-        name = f"draws_{i:04d}.npz"
-        path = run.round_dir(k) / name
-        if name in done and path.is_file() and _sha256(path) == done[name]:
-            paths.append(path)
-            continue
-        if name in done:
-            say(f"round {k}: chunk {path} is damaged or missing: drawing it again")
-        n = min(cfg.chunk_size, cfg.draws - i * cfg.chunk_size)
-        res = draw(proposal, system, n=n, batch_size=min(n, 5000), seed=_chunk_seed(cfg.seed, k, i),
-                   clip_fraction=0.0, progress=progress, energy_model=energy)
-        tmp = path.with_name(f".{name}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, xyz=res.xyz.astype(np.float32), log_q=res.log_q, energy_kt=res.energy_kt,
-                 wrong_chirality=res.wrong_chirality)
-        os.replace(tmp, path)
-        done[name] = _sha256(path)
-        run.state.setdefault("drawn", []).append(f"{k}/{name}")  # a log of every chunk drawn, for audits
-        run.save()
-        paths.append(path)
-    return paths
-
-
-def _resampled_flow_vectors(paths: list[Path], proposal: Proposal, cfg: RefineConfig, k: int
-                            ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Flow vectors [M, D] float32 of the resampled draws of one round, and what the resampling did."""
-    import torch
-
-    from bgkit.reweight import clip_log_weights, ess_fraction, log_weights, resample
-
-    log_w_parts = []
-    for p in paths:
-        with np.load(p) as z:
-            e = np.where(z["wrong_chirality"], np.inf, z["energy_kt"])
-            log_w_parts.append(log_weights(e, z["log_q"])[0])
-    log_w = np.concatenate(log_w_parts)
-    clipped, n_clip = clip_log_weights(log_w, cfg.clip_fraction)
-    idx = resample(clipped, cfg.n_resampled, seed=_chunk_seed(cfg.seed, k, -2), scheme=cfg.resampling)
-    bounds = np.cumsum([0] + [len(p) for p in log_w_parts])
-    rows = []
-    for j, p in enumerate(paths):
-        mine = idx[(idx >= bounds[j]) & (idx < bounds[j + 1])] - bounds[j]
-        if len(mine):
-            with np.load(p) as z:
-                xyz = z["xyz"][mine].astype(np.float64)
-            y, _ = proposal.transform.to_flow(torch.as_tensor(xyz))
-            rows.append(y.float().numpy())
-    y = np.concatenate(rows)
-    finite = np.isfinite(y).all(axis=1)
-    info = {"draws": int(len(log_w)), "ess_fraction_draws": ess_fraction(log_w), "n_clipped": n_clip,
-            "resampled": int(len(idx)), "unique_resampled": int(len(np.unique(idx))),
-            "n_zero_weight": int((~np.isfinite(log_w)).sum()), "dropped_outside_support": int((~finite).sum())}
-    return y[finite], info
 
 
 def _validate(proposal: Proposal, system: System, reference: Any, basin_xyz: np.ndarray, cfg: RefineConfig, k: int,
               energy: Any, progress: bool) -> tuple[dict[str, Any], list[str]]:
     """Metrics of an independent validation draw (never trained on) of ``cfg.val_draws`` samples."""
+    from bgkit.coverage import basin_report
     from bgkit.evaluate import compute_metrics
     from bgkit.reweight import clip_log_weights, ess_fraction
     from bgkit.sample import draw
 
     res = draw(proposal, system, n=cfg.val_draws, batch_size=min(cfg.val_draws, 5000),
-               seed=_chunk_seed(cfg.seed, k, -1), progress=progress, energy_model=energy)
+               seed=chunk_seed(cfg.seed, k, -1), progress=progress, energy_model=energy)
     m = compute_metrics(res, proposal, reference, max_ot=cfg.max_ot, seed=cfg.seed, nll_frames=2000, floor=False)
     keep = ("ess_fraction", "ess_fraction_clipped", "e_w2_resampled", "e_w2_resampled_unclipped",
             "t_w2_resampled", "t_w2_resampled_unclipped", "nll_test", "log_w_std_test", "ram_tv",
@@ -322,7 +164,7 @@ def _validate(proposal: Proposal, system: System, reference: Any, basin_xyz: np.
     return out, warnings
 
 
-def _train_round(run: _Run, k: int, proposal: Proposal, y: np.ndarray, md_y: np.ndarray | None,
+def _train_round(run: RefinementFolder, k: int, proposal: Proposal, y: np.ndarray, md_y: np.ndarray | None,
                  val_y: np.ndarray, extra: dict[str, Any], rotors: list, progress: bool) -> Path:
     """Continue maximum likelihood on round k's training set; the round's checkpoint (a proposal)."""
     import torch
@@ -335,7 +177,7 @@ def _train_round(run: _Run, k: int, proposal: Proposal, y: np.ndarray, md_y: np.
     data = y
     if md_y is not None and cfg.md_fraction > 0:
         n_md = int(round(cfg.md_fraction / (1 - cfg.md_fraction) * len(y)))
-        pick = np.random.default_rng(_chunk_seed(cfg.seed, k, -3)).choice(len(md_y), n_md, replace=n_md > len(md_y))
+        pick = np.random.default_rng(chunk_seed(cfg.seed, k, -3)).choice(len(md_y), n_md, replace=n_md > len(md_y))
         data = np.concatenate([y, md_y[pick]])
     tc = TrainConfig(objective="mle", steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                      warmup_steps=cfg.warmup_steps, min_lr_factor=cfg.min_lr_factor, ema=cfg.ema,
@@ -376,7 +218,7 @@ def refine(system: System, model: str | Path, out: str | Path, config: RefineCon
     out = Path(os.path.abspath(out))
     work = out.with_name(out.name + ".refine")
     start = Proposal.load(model, system=system)
-    if work.exists() and not _is_refinement_folder(work):
+    if work.exists() and not is_refinement_folder(work):
         raise BgkitError(f"{work} exists and is not a bgkit refinement folder: move it away")
     if force and work.exists():
         import shutil
@@ -385,7 +227,9 @@ def refine(system: System, model: str | Path, out: str | Path, config: RefineCon
     if out.exists() and not force and not work.exists():
         check_output_file(out, force, hint="pass --force to overwrite it")
     check_output_file(out, True)  # writable, not a folder
-    run = _Run(work, config, {"model": str(Path(model).resolve()), "sha256": _sha256(Path(model))})
+    config.check_resources(system.n_atoms, start.transform.dim, work)
+    run = RefinementFolder(work, config, {"model": str(Path(model).resolve()), "sha256": sha256_of(Path(model))},
+                           may_change=RefineConfig.MAY_CHANGE)
     reference = reference if reference is not None else Reference.of_system(system)
     if datasets is None:
         from bgkit.md.dataset import load_dataset
@@ -414,8 +258,8 @@ def refine(system: System, model: str | Path, out: str | Path, config: RefineCon
             current = Proposal.load(run.round_dir(len(run.history) - 1) / "proposal.pt", system=system)
         for k in range(len(run.history), config.rounds + 1):
             t0 = time.perf_counter()
-            paths = _draw_chunks(run, k, current, system, energy, say, progress)
-            y, resampling = _resampled_flow_vectors(paths, current, config, k)
+            paths = draw_chunks(run, k, current, system, energy, say, progress)
+            y, resampling = resampled_flow_vectors(paths, current, config, k)
             path = _train_round(run, k, current, y, md_y, val_y, extra, rotors, progress)
             current = Proposal.load(path, system=system)
             metrics, warnings = _validate(current, system, reference, basin_xyz, config, k, energy, progress)

@@ -19,9 +19,9 @@ LAYERS = """
 0  core      bgkit  provenance  outputs  arrays  distributed  limits
 1  physics   systems  io  build  energy  _energy_worker  symmetry  coords.*  chirality
 2  models    md.*  flows.*  checkpoint  proposal
-3  analysis  reweight  metrics  free_energy.*  md.check  sample  evaluate  plots  diagnose
+3  analysis  reweight  metrics  free_energy.*  md.check  sample  evaluate  plots  diagnose  coverage  protocols
 4  training  train.*
-5  workflow  fep  refine
+5  workflow  fep  refine  refine_folder
 6  entry     bench.*  cli.*  __main__
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgkit.evaluate import PROTOCOLS, protocol_ess
+from bgkit.protocols import PROTOCOLS, protocol_ess
 from bgkit.metrics import ramachandran_tv
 
 

@@ -52,7 +52,7 @@ def test_unknown_resampling_scheme_is_a_clear_error():
         resample(np.zeros(4), scheme="stratified-ish")
 
 
-def test_refinement_rounds_raise_ess_towards_one_on_a_known_density():
+def test_refinement_rounds_raise_ess_towards_one_on_a_known_density(tmp_path):
     """Draw from the flow, weight by a known 2-D density, clip, resample, continue maximum likelihood: the
     building blocks `bgkit refine` runs, on a target whose density is exact. A flow fitted to the wrong
     Gaussian (ESS/N ~0.2) must reach ESS/N > 0.9 on independent draws."""
@@ -67,7 +67,7 @@ def test_refinement_rounds_raise_ess_towards_one_on_a_known_density():
     wrong = rng.multivariate_normal([0.0, 0.0], [[1.5, 0.0], [0.0, 1.5]], size=8000)
     train(flow, torch.as_tensor(wrong, dtype=torch.float32), None,
           TrainConfig(objective="mle", steps=150, batch_size=256, lr=5e-3, warmup_steps=10, ema=0.9),
-          _tmp("start.pt"), progress=False)
+          tmp_path / "start.pt", progress=False)
 
     def measure(seed: int, n: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
@@ -83,19 +83,10 @@ def test_refinement_rounds_raise_ess_towards_one_on_a_known_density():
         idx = resample(clipped, len(y), seed=k, scheme="systematic")
         train(flow, torch.as_tensor(y[idx], dtype=torch.float32), None,
               TrainConfig(objective="mle", steps=150, batch_size=256, lr=2e-3, warmup_steps=10, ema=0.9, seed=k),
-              _tmp(f"round{k}.pt"), progress=False)
+              tmp_path / f"round{k}.pt", progress=False)
         ess.append(ess_fraction(measure(10_001 + k)[1]))
     assert ess[0] < 0.5 and ess[-1] > 0.9, ess
     assert all(b > a - 0.02 for a, b in zip(ess[1:], ess[2:])), ess  # no round undoes the last
-
-
-def _tmp(name: str):
-    import tempfile
-    from pathlib import Path
-
-    d = Path(tempfile.gettempdir()) / f"bgkit-test-refine-{os.getpid()}"
-    d.mkdir(exist_ok=True)
-    return d / name
 
 
 # --------------------------------------------------------------------------- the molecular workflow
@@ -181,7 +172,7 @@ def test_refine_bad_options_are_one_line_errors(tmp_path):
 def test_basin_loss_warning_fires_when_a_populated_basin_gets_no_weight():
     from bgkit.evaluate import labelled_torsions
     from bgkit.md.dataset import load_dataset
-    from bgkit.refine import basin_report
+    from bgkit.coverage import basin_report
     from bgkit.systems import load_system
 
     system = load_system("ala2")

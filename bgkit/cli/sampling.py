@@ -114,7 +114,8 @@ def sample(system_name, model, n, seed, batch_size, device, workers, out, force)
 def evaluate(system_name, model, n, seed, batch_size, device, workers, out, force, data, nll_frames,
              protocol) -> None:
     """Sample, then compare with the MD test split of the reference data: metrics.json and figures."""
-    from bgkit.evaluate import FIGURES, PROTOCOLS, Reference, metrics_lines, write_evaluation
+    from bgkit.evaluate import FIGURES, Reference, metrics_lines, write_evaluation
+    from bgkit.protocols import PROTOCOLS
     from bgkit.md.dataset import load_dataset
     from bgkit.systems import load_system
 

@@ -199,7 +199,7 @@ def _train(
     if cfg.batch_size % ctx.world:
         raise BgkitError(f"batch_size {cfg.batch_size} is not divisible by the world size {ctx.world}")
     if n < cfg.batch_size:
-        raise BgkitError(f"the training set ({n} samples) is smaller than --batch-size {cfg.batch_size}: choose a "
+        raise BgkitError(f"the training set ({n} samples) is smaller than --batch-size (batch_size) {cfg.batch_size}: choose a "
                          "smaller --batch-size (or a larger --max-frames)")
     extra = sanitize(extra or {}, "extra_checkpoint")
     flow_info = sanitize({"class": f"{type(flow).__module__}.{type(flow).__qualname__}",

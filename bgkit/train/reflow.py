@@ -28,7 +28,6 @@ its marker and manifest at once (never empty or unmarked), only after every size
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
 import math
