@@ -302,6 +302,9 @@ def run_fep(system: Any, state_from: str, state_to: str, out: str | os.PathLike,
 
             work_histograms(arrays["w_forward"], arrays["w_reverse"], result, tmp / "works.png")
             files += ["works.npz", "works.png"] + (["map.pt"] if (tmp / "map.pt").exists() else [])
+            from bgkit.provenance import file_sha256
+
+            result["sha256"] = {name: file_sha256(tmp / name) for name in files[1:] if name.endswith((".npz", ".pt"))}
         (tmp / "fep.json").write_text(dumps_json(result) + "\n")
         write_marker(tmp, "bgkit.fep", files)
         replace_folder(tmp, out, force)

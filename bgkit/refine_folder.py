@@ -9,7 +9,6 @@ half chunk that counts; a chunk whose file is missing or damaged is drawn again 
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import asdict
@@ -31,11 +30,10 @@ STATE_FILE = "state.json"
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex sha256 of a file (:func:`bgkit.provenance.file_sha256`)."""
+    from bgkit.provenance import file_sha256
+
+    return file_sha256(path)
 
 
 def chunk_seed(seed: int, round_: int, chunk: int) -> int:

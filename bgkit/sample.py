@@ -292,10 +292,7 @@ def load_sample_folder(folder: str | Path) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
+    """Hex sha256 of a file (:func:`bgkit.provenance.file_sha256`)."""
+    from bgkit.provenance import file_sha256
 
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)

@@ -8,7 +8,6 @@ Datasets here are cut from the shipped ala2 MD (a few of its chunks), so no MD i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 

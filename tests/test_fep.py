@@ -264,6 +264,10 @@ def test_fep_command_end_to_end(tmp_path):
     assert report["reference"]["dataset"].endswith("md_rex")  # the shipped replica-exchange data judge
     works = np.load(out / "works.npz")
     assert works["w_forward"].shape == (60,) and works["w_reverse"].shape == (60,)
+    import hashlib  # the data files are checksummed in fep.json
+
+    assert report["sha256"]["works.npz"] == hashlib.sha256((out / "works.npz").read_bytes()).hexdigest()
+    assert report["sha256"]["map.pt"] == hashlib.sha256((out / "map.pt").read_bytes()).hexdigest()
     bar = report["estimates"]["tfep_bar"]
     assert bar["n_a"] == 60 and bar["n_b"] == 60
     assert bar["dF_kT"] is None or math.isfinite(bar["dF_kT"])

@@ -184,7 +184,12 @@ def test_basin_loss_warning_fires_when_a_populated_basin_gets_no_weight():
     report, warnings = basin_report(xyz, log_w, rex.xyz, system)
     assert not warnings  # equal weights on the reference's own frames: nothing lost
     assert report["alpha_L"]["reweighted"] == pytest.approx(report["alpha_L"]["reference"], abs=0.01)
-    log_w[phi > 0] = -np.inf  # the proposal gives α_L (φ > 0) no weight
+    alpha_l = phi > 0
+    log_w[alpha_l] = np.log(0.3)  # α_L at 0.3 of its weight: under-weighted, not lost
+    report, warnings = basin_report(xyz, log_w, rex.xyz, system)
+    assert report["alpha_L"]["reweighted"] < 0.5 * report["alpha_L"]["reference"]
+    assert len(warnings) == 1 and "alpha_L" in warnings[0] and "under-weights" in warnings[0]
+    log_w[alpha_l] = -np.inf  # the proposal gives α_L (φ > 0) no weight
     report, warnings = basin_report(xyz, log_w, rex.xyz, system)
     assert report["alpha_L"]["reweighted"] == 0.0
     assert len(warnings) == 1 and "alpha_L" in warnings[0] and "lost" in warnings[0]

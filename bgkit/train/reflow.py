@@ -67,11 +67,10 @@ def _complete(folder: Path, name: str, logdet: bool) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex sha256 of a file (:func:`bgkit.provenance.file_sha256`)."""
+    from bgkit.provenance import file_sha256
+
+    return file_sha256(path)
 
 
 def _generator(seed: int, key: int) -> torch.Generator:
