@@ -5,7 +5,7 @@ fast (``import bgkit`` does not import torch or OpenMM).
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class BgkitError(Exception):

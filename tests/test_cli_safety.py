@@ -1,4 +1,4 @@
-"""Issue 11: nothing lost, nothing silently wrong -- where commands may write, and their options.
+"""Nothing lost, nothing silently wrong -- where commands may write, and their options.
 
 Sampling uses the shipped ala2 proposal with a few samples, so each command takes seconds.
 """

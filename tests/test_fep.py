@@ -1,4 +1,4 @@
-"""Targeted FEP with a learned map (issue 12): analytic ΔF, the map's Jacobian, states files and `bgkit fep`.
+"""Targeted FEP with a learned map: analytic ΔF, the map's Jacobian, states files and `bgkit fep`.
 
 Truths: closed-form partition functions (Gaussians, von Mises), autograd-free identities
 (M⁻¹(M(x)) = x, ln|det J_M| + ln|det J_{M⁻¹}| = 0, identity map ⇒ zero work), frames

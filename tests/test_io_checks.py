@@ -1,4 +1,4 @@
-"""Issue 11: trajectory and topology files are checked atom by atom; unreadable files give one clear line."""
+"""Trajectory and topology files are checked atom by atom; unreadable files give one clear line."""
 from __future__ import annotations
 
 import shutil

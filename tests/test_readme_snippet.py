@@ -1,4 +1,4 @@
-"""Issue 11: the README's "From Python" snippet runs as a script saved anywhere, not only in Jupyter at the root."""
+"""The README's "From Python" snippet runs as a script saved anywhere, not only in Jupyter at the root."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Issue 11: `bgkit simulate` extends short datasets, validates before writing, leaves no orphan processes."""
+"""`bgkit simulate` extends short datasets, validates before writing, leaves no orphan processes."""
 from __future__ import annotations
 
 import json
