@@ -129,7 +129,7 @@ _TEMP_SUFFIX = re.compile(r"\.[a-z0-9_]{8}$")
 
 def _own_temporary(name: str, files: set[str]) -> bool:
     """Whether ``name`` is one of bgkit's own temporary files for a file it writes into the folder:
-    ``.NAME.XXXXXXXX.tmp`` (an atomic write in progress, or left by a killed run) or ``.NAME.tmp``, NAME being
+    ``.NAME.<8 random characters>.tmp`` (an atomic write in progress, or left by a killed run) or ``.NAME.tmp``, NAME being
     the marker or a file the marker lists. Any other name (a user's ``.notes.tmp``) is not bgkit's."""
     if not (name.startswith(".") and name.endswith(".tmp")):
         return False
