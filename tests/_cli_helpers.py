@@ -26,3 +26,55 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     for f in fragments:
         assert f in err, (f, err)
     return err
+
+
+def _children() -> dict[int, list[int]]:
+    """parent pid -> child pids, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            tree.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d.name))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited
+
+
+def survivors(pids: list[int], timeout: float = 20.0) -> list[int]:
+    """The processes of ``pids`` still alive after waiting up to ``timeout`` seconds for all to exit."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(process_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if process_alive(p)]
+
+
+def kill_all(pids: list[int]) -> None:
+    """SIGKILL every process of ``pids`` that is still alive (test clean-up)."""
+    import signal
+
+    for p in pids:
+        if process_alive(p):
+            os.kill(p, signal.SIGKILL)
+

@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _cli_helpers import REPO, assert_one_line_error, bgkit
+from _cli_helpers import REPO, assert_one_line_error, bgkit, descendants, kill_all, survivors
 
 from bgkit import BgkitError
 
@@ -89,31 +88,6 @@ def test_reflow_never_leaves_an_unmarked_folder_that_blocks_a_rerun(tmp_path):
 
 
 # ------------------------------------------------------------------ item 5: orphans, SIGTERM
-def _descendants(pid: int) -> list[int]:
-    tree: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            tree.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_reflow_with_two_workers_leaves_no_orphans(tmp_path, sig):
@@ -126,22 +100,17 @@ def test_killed_reflow_with_two_workers_leaves_no_orphans(tmp_path, sig):
         deadline = time.time() + 120
         while time.time() < deadline and len(list(out.glob("chunk_*.npy"))) < 2:
             time.sleep(0.05)
-        helpers = _descendants(proc.pid)
+        helpers = descendants(proc.pid)
         assert len(helpers) >= 2, "no pool workers found"
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         if sig == signal.SIGTERM:  # handled like Ctrl-C: one line, non-zero status
             assert proc.returncode == 143, err
             assert err.strip().splitlines()[-1] == "error: interrupted (SIGTERM)" and "Traceback" not in err
-        deadline = time.time() + 20
-        while time.time() < deadline and any(_alive(p) for p in helpers):
-            time.sleep(0.1)
-        assert [p for p in helpers if _alive(p)] == []
+        assert survivors(helpers, timeout=20) == []
     finally:
         proc.kill()
-        for p in helpers:
-            if _alive(p):
-                os.kill(p, signal.SIGKILL)
+        kill_all(helpers)
     # the same command resumes the killed run (checksums recorded up to the kill)
     manifest = json.loads((out / "reflow.json").read_text())
     assert set(manifest["sha256"]) <= {p.name for p in out.glob("*.npy")}

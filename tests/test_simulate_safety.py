@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from _cli_helpers import assert_one_line_error, bgkit
+from _cli_helpers import assert_one_line_error, bgkit, descendants, kill_all, survivors
 
 from bgkit import BgkitError
 from bgkit.md.dataset import load_dataset
@@ -59,36 +58,6 @@ def test_an_unrelated_folder_is_not_used_as_a_dataset(tmp_path):
 
 
 # --------------------------------------------------- item 7: no orphans
-def _children() -> dict[int, list[int]]:
-    """parent pid -> child pids, from /proc."""
-    tree: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            tree.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d.name))
-    return tree
-
-
-def _descendants(pid: int) -> list[int]:
-    tree, found, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigkill_of_simulate_leaves_no_orphan_processes(tmp_path):
     out = tmp_path / "md"
@@ -102,16 +71,11 @@ def test_sigkill_of_simulate_leaves_no_orphan_processes(tmp_path):
         while time.time() < deadline and not (out / "rep000" / "progress.json").exists():
             time.sleep(0.05)
         assert (out / "rep000" / "progress.json").exists(), "the run did not start"
-        helpers = _descendants(proc.pid)
+        helpers = descendants(proc.pid)
         assert helpers, "no worker processes found"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        deadline = time.time() + 20
-        while time.time() < deadline and any(_alive(p) for p in helpers):
-            time.sleep(0.1)
-        assert [p for p in helpers if _alive(p)] == []
+        assert survivors(helpers, timeout=20) == []
     finally:
         proc.kill()
-        for p in helpers:
-            if _alive(p):
-                os.kill(p, signal.SIGKILL)
+        kill_all(helpers)
