@@ -146,11 +146,14 @@ def as_reference(reference: Reference | Dataset | Sequence[Dataset]) -> Referenc
 
 def compute_metrics(result: SampleResult, proposal: Proposal, reference: Reference | Dataset | Sequence[Dataset],
                     max_ot: int = 10000, seed: int = 0, nll_frames: int | None = None,
-                    floor: bool = True, protocol: Protocol | None = None) -> dict[str, Any]:
+                    floor: bool = True, protocol: Protocol | None = None,
+                    basin_xyz: np.ndarray | None = None) -> dict[str, Any]:
     """metrics.json content for one sample set against the reference (a :class:`Reference` or its datasets).
 
     ``floor``: also the MD noise floors (a property of the reference alone; False skips them, e.g. when the
     same reference judges many sample sets). ``protocol``: recorded, with its ESS/N (:func:`protocol_ess`).
+    ``basin_xyz`` [m, N, 3] nm: time-ordered frames whose basin populations the reweighted ones are compared
+    with (default: the reference's test frames).
 
     ``nll_frames``: compute the test NLL on this many evenly spaced test frames (None: all).
     """
@@ -181,7 +184,8 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
     ram = ramachandran_distance(result, ref, floor=floor is not None)
     from bgkit.coverage import basin_report
 
-    basins, lost = basin_report(result.xyz, result.weights.log_w, ref.xyz, system) if ram else ({}, [])
+    basin_ref = ref.xyz if basin_xyz is None else basin_xyz
+    basins, lost = basin_report(result.xyz, result.weights.log_w, basin_ref, system) if ram else ({}, [])
     return {
         "system": system.name,
         "n_samples": int(len(result.energy_kt)),
@@ -201,7 +205,8 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
         **ram,
         "basins": basins,
         "basins_lost": lost,
-        "basins_note": "reweighted (unclipped weights, SNIS error) vs the reference test frames (block bootstrap)",
+        "basins_note": "reweighted (unclipped weights, SNIS error) vs the reference "
+                       + ("test frames" if basin_xyz is None else "basin frames") + " (block bootstrap)",
         "protocol": asdict(protocol or PROTOCOLS["bgkit"]),
         "ess_fraction_protocol": protocol_ess(result.weights.log_w, protocol or PROTOCOLS["bgkit"]),
         "n_nonfinite": result.weights.n_nonfinite,

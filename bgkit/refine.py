@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from bgkit import BgkitError
+from bgkit.provenance import file_sha256
 from bgkit.refine_folder import (RefinementFolder, chunk_seed, draw_chunks, is_refinement_folder,
-                                 resampled_flow_vectors, sha256_of)
+                                 resampled_flow_vectors)
 
 if TYPE_CHECKING:
     from bgkit.proposal import Proposal
@@ -143,14 +144,14 @@ class RefineResult:
 def _validate(proposal: Proposal, system: System, reference: Any, basin_xyz: np.ndarray, cfg: RefineConfig, k: int,
               energy: Any, progress: bool) -> tuple[dict[str, Any], list[str]]:
     """Metrics of an independent validation draw (never trained on) of ``cfg.val_draws`` samples."""
-    from bgkit.coverage import basin_report
     from bgkit.evaluate import compute_metrics
     from bgkit.reweight import clip_log_weights, ess_fraction
     from bgkit.sample import draw
 
     res = draw(proposal, system, n=cfg.val_draws, batch_size=min(cfg.val_draws, 5000),
                seed=chunk_seed(cfg.seed, k, -1), progress=progress, energy_model=energy)
-    m = compute_metrics(res, proposal, reference, max_ot=cfg.max_ot, seed=cfg.seed, nll_frames=2000, floor=False)
+    m = compute_metrics(res, proposal, reference, max_ot=cfg.max_ot, seed=cfg.seed, nll_frames=2000, floor=False,
+                        basin_xyz=basin_xyz)
     keep = ("ess_fraction", "ess_fraction_clipped", "e_w2_resampled", "e_w2_resampled_unclipped",
             "t_w2_resampled", "t_w2_resampled_unclipped", "nll_test", "log_w_std_test", "ram_tv",
             "n_nonfinite", "n_wrong_chirality")
@@ -159,8 +160,9 @@ def _validate(proposal: Proposal, system: System, reference: Any, basin_xyz: np.
     out["log_w_std_draws"] = float(np.std(finite)) if len(finite) > 1 else None
     out["ess_fraction_clipped_1e-4"] = ess_fraction(clip_log_weights(res.weights.log_w, 1e-4)[0])
     out["val_draws"] = cfg.val_draws
-    # unclipped weights: clipping drops exactly the heavy draws of an under-covered basin (docs/results.md)
-    basins, warnings = basin_report(res.xyz, res.weights.log_w, basin_xyz, system)
+    # compute_metrics compares basins with unclipped weights: clipping drops exactly the heavy draws of an
+    # under-covered basin (docs/results.md)
+    basins, warnings = m["basins"], m["basins_lost"]
     out["basins"] = basins
     return out, warnings
 
@@ -229,8 +231,8 @@ def refine(system: System, model: str | Path, out: str | Path, config: RefineCon
         check_output_file(out, force, hint="pass --force to overwrite it")
     check_output_file(out, True)  # writable, not a folder
     config.check_resources(system.n_atoms, start.transform.dim, work)
-    run = RefinementFolder(work, config, {"model": str(Path(model).resolve()), "sha256": sha256_of(Path(model))},
-                           may_change=RefineConfig.MAY_CHANGE)
+    start_record = {"model": str(Path(model).resolve()), "sha256": file_sha256(Path(model))}
+    run = RefinementFolder(work, config, start_record, may_change=RefineConfig.MAY_CHANGE)
     reference = reference if reference is not None else Reference.of_system(system)
     if datasets is None:
         from bgkit.md.dataset import load_dataset

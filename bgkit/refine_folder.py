@@ -18,22 +18,16 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from bgkit import BgkitError
+from bgkit.provenance import file_sha256
 
 if TYPE_CHECKING:
     from bgkit.proposal import Proposal
     from bgkit.systems import System
 
 __all__ = ["STATE_FILE", "RefinementFolder", "is_refinement_folder", "draw_chunks", "resampled_flow_vectors",
-           "chunk_seed", "sha256_of"]
+           "chunk_seed"]
 
 STATE_FILE = "state.json"
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file (:func:`bgkit.provenance.file_sha256`)."""
-    from bgkit.provenance import file_sha256
-
-    return file_sha256(path)
 
 
 def chunk_seed(seed: int, round_: int, chunk: int) -> int:
@@ -118,7 +112,7 @@ def draw_chunks(run: RefinementFolder, k: int, proposal: Proposal, system: Syste
     for i in range(n_chunks):
         name = f"draws_{i:04d}.npz"
         path = run.round_dir(k) / name
-        if name in done and path.is_file() and sha256_of(path) == done[name]:
+        if name in done and path.is_file() and file_sha256(path) == done[name]:
             paths.append(path)
             continue
         if name in done:
@@ -130,7 +124,7 @@ def draw_chunks(run: RefinementFolder, k: int, proposal: Proposal, system: Syste
         np.savez(tmp, xyz=res.xyz.astype(np.float32), log_q=res.log_q, energy_kt=res.energy_kt,
                  wrong_chirality=res.wrong_chirality)
         os.replace(tmp, path)
-        done[name] = sha256_of(path)
+        done[name] = file_sha256(path)
         run.state.setdefault("drawn", []).append(f"{k}/{name}")  # a log of every chunk drawn, for audits
         run.save()
         paths.append(path)

@@ -22,6 +22,7 @@ import torch
 from bgkit import BgkitError
 from bgkit.proposal import Proposal
 from bgkit.chirality import check_chirality, chiral_centres, chirality_signs
+from bgkit.provenance import file_sha256
 from bgkit.reweight import ReweightResult, reweight
 from bgkit.systems import System, load_system
 
@@ -244,7 +245,7 @@ def write_sample_folder(result: SampleResult, system: System, out: str | Path, f
                    "units": {"energy_kt": "kT (reduced)", "log_q": "log density in nm^-(3N-3), centroid-free",
                              "positions": "nm"},
                    **(extra or {}), "provenance": provenance(system=system.name),
-                   "sha256": {name: _sha256(tmp / name) for name in ("samples.h5", "weights.npz")}}
+                   "sha256": {name: file_sha256(tmp / name) for name in ("samples.h5", "weights.npz")}}
         (tmp / "summary.json").write_text(dumps_json(summary) + "\n")
         write_marker(tmp, kind, ["samples.h5", "weights.npz", "summary.json", *more_files])
         replace_folder(tmp, out, force)
@@ -280,7 +281,7 @@ def load_sample_folder(folder: str | Path) -> dict[str, Any]:
             from None
     sums = summary.get("sha256") if isinstance(summary, dict) else None
     for name, want in (sums.items() if isinstance(sums, dict) else ()):
-        if (folder / name).is_file() and _sha256(folder / name) != want:
+        if (folder / name).is_file() and file_sha256(folder / name) != want:
             raise BgkitError(f"sample folder file {folder / name} is damaged (its SHA-256 does not match "
                              "summary.json): draw the samples again")
     verify_zip(folder / "weights.npz", "sample weights file")
@@ -291,8 +292,3 @@ def load_sample_folder(folder: str | Path) -> dict[str, Any]:
     return data
 
 
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file (:func:`bgkit.provenance.file_sha256`)."""
-    from bgkit.provenance import file_sha256
-
-    return file_sha256(path)

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from bgkit import BgkitError
+from bgkit.provenance import file_sha256
 
 __all__ = ["make_reflow_targets", "open_reflow", "ReflowPairs", "ReflowTargets", "MANIFEST"]
 
@@ -64,13 +65,6 @@ def _logdet_name(name: str) -> str:
 def _complete(folder: Path, name: str, logdet: bool) -> bool:
     """Whether pairs file ``name`` of ``folder`` is written, with its log-det file when the folder has them."""
     return (folder / name).is_file() and (not logdet or (folder / _logdet_name(name)).is_file())
-
-
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file (:func:`bgkit.provenance.file_sha256`)."""
-    from bgkit.provenance import file_sha256
-
-    return file_sha256(path)
 
 
 def _generator(seed: int, key: int) -> torch.Generator:
@@ -247,7 +241,7 @@ def make_reflow_targets(teacher: str | Path, out: str | Path, n: int, chunk_size
     out = Path(out)
     n_chunks = math.ceil(n / chunk_size)
     manifest = {
-        "format": _FORMAT, "kind": "reflow", "teacher": str(teacher), "teacher_sha256": _sha256(teacher),
+        "format": _FORMAT, "kind": "reflow", "teacher": str(teacher), "teacher_sha256": file_sha256(teacher),
         "teacher_arch": flow.arch, "teacher_finished": proposal.finished, "teacher_objective": proposal.info.get("training", {}).get("objective"),
         "system": proposal.system_info, "transform": proposal.transform.state_dict(),
         "coords": proposal.transform.kind, "dim": flow.dim, "periodic": list(flow.periodic), "seed": int(seed),
@@ -332,7 +326,7 @@ def _verified(out: Path, old: dict[str, Any], files: list[str], logdet: bool, no
             continue
         ok, got = True, {}
         for p in present:
-            got[p] = _sha256(out / p)
+            got[p] = file_sha256(out / p)
             if legacy:
                 ok = ok and _loads(out / p)
             elif recorded.get(p) != got[p]:
@@ -515,7 +509,7 @@ def _check_sums(folder: Path, manifest: dict[str, Any], with_ld: bool) -> None:
             want = sums.get(part)
             if want is None:
                 raise _damaged(folder / part, f"no checksum recorded in {MANIFEST}")
-            if _sha256(folder / part) != want:
+            if file_sha256(folder / part) != want:
                 raise _damaged(folder / part, "its SHA-256 does not match the manifest")
 
 
