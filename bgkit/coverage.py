@@ -26,13 +26,10 @@ BASIN_Z = 3.0
 
 def basin_masks(xyz: np.ndarray, system: System) -> dict[str, np.ndarray]:
     """Conformational basins of frames [n, N, 3] nm (:func:`bgkit.free_energy.states.basin_masks`)."""
-    import mdtraj
-
+    from bgkit.dihedrals import labelled_torsions
     from bgkit.free_energy.states import basin_masks as masks_of_torsions
-    from bgkit.metrics import backbone_torsions
 
-    return masks_of_torsions(*backbone_torsions(mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32),
-                                                                  system.topology)))
+    return masks_of_torsions(*labelled_torsions(xyz, system))
 
 
 def basin_report(xyz: np.ndarray, log_w: np.ndarray, reference_xyz: np.ndarray, system: System,
@@ -46,7 +43,7 @@ def basin_report(xyz: np.ndarray, log_w: np.ndarray, reference_xyz: np.ndarray, 
 
     xyz [n, N, 3] nm with log_w [n] (−inf: zero weight); reference_xyz [m, N, 3] nm, time-ordered.
     """
-    from bgkit.free_energy.states import basin_populations
+    from bgkit.free_energy.populations import basin_populations
     from bgkit.reweight import snis_mean
 
     ok = np.isfinite(log_w)

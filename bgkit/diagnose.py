@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bgkit.arrays import evenly_spaced
+
 if TYPE_CHECKING:
     from bgkit.coords import Representation
     from bgkit.proposal import Proposal
@@ -87,7 +89,7 @@ def _tails(y: np.ndarray, train: np.ndarray, periodic: tuple[int, ...], labels: 
 def _describe(xyz: np.ndarray, log_w: np.ndarray, energy: np.ndarray, share: np.ndarray, y: np.ndarray,
               train_y: np.ndarray, rep: Representation, labels: list[str], system: System,
               typical: float) -> list[dict[str, Any]]:
-    from bgkit.evaluate import labelled_torsions
+    from bgkit.dihedrals import labelled_torsions
     from bgkit.free_energy.states import basin_masks
 
     masks = basin_masks(*labelled_torsions(xyz, system))
@@ -116,7 +118,7 @@ def diagnose_weights(result: SampleResult, proposal: Proposal, system: System, t
 
     rep = proposal.transform
     labels = coordinate_labels(rep, system.topology)
-    pick = np.linspace(0, len(train_xyz) - 1, min(max_train, len(train_xyz))).round().astype(int)
+    pick = evenly_spaced(len(train_xyz), max_train)
     train_y = _flow_vectors(rep, train_xyz[pick])
     train_y = train_y[np.isfinite(train_y).all(1)]
     rng = np.random.default_rng(seed)

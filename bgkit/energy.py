@@ -95,7 +95,7 @@ class EnergyModel:
 
     Parameters
     ----------
-    system: a ``System`` or a shipped name / system folder.
+    system: a ``System`` (a shipped name or a system folder is resolved here).
     n_workers: worker processes (default: the CPU cores available).
     platform: OpenMM platform name (default: ``system.preferred_platform()``).
     chunk_size: most frames sent to a worker at a time.
@@ -104,7 +104,7 @@ class EnergyModel:
 
     def __init__(self, system: System | str, n_workers: int | None = None, platform: str | None = None,
                  chunk_size: int = 1024, min_distance: float = 0.02, start_timeout: float = 120.0):
-        self.system = load_system(system)
+        self.system = system if isinstance(system, System) else load_system(system)
         self.n_workers = default_n_workers() if n_workers is None else int(n_workers)
         if self.n_workers < 1:
             raise BgkitError(f"n_workers must be at least 1 (None: all cores), got {n_workers}")

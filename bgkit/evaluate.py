@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from bgkit import BgkitError
+from bgkit.arrays import evenly_spaced
+from bgkit.dihedrals import phi_psi, torsions
 from bgkit.md.dataset import Dataset
 from bgkit.proposal import Proposal
 from bgkit.protocols import PROTOCOLS, Protocol, protocol_ess
@@ -44,34 +46,6 @@ FIGURES = ("ramachandran.png", "energies.png", "log_weights.png")
 #: a reference with fewer test frames (all its datasets' test splits together) is refused: W2 and NLL of a
 #: handful of correlated MD frames say nothing
 MIN_TEST_FRAMES = 20
-
-
-def labelled_torsions(xyz: np.ndarray, system: System) -> tuple[np.ndarray, list[str]]:
-    """All backbone φ and ψ (rad) of frames xyz [n, N, 3] nm: ([n, k], their k labels such as "phi1")."""
-    import mdtraj
-
-    from bgkit.metrics import backbone_torsions
-
-    return backbone_torsions(mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), system.topology))
-
-
-def torsions(xyz: np.ndarray, system: System) -> np.ndarray:
-    """All backbone φ and ψ (rad), [n, k]."""
-    return labelled_torsions(xyz, system)[0]
-
-
-def pairs(xyz: np.ndarray, system: System) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """φ/ψ of each residue that has both: phi [n, k], psi [n, k], labels."""
-    import mdtraj
-
-    from bgkit.metrics import phi_psi_pairs
-
-    d = phi_psi_pairs(mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), system.topology))
-    labels = list(d)
-    if not labels:  # a molecule without backbone φ/ψ (a small molecule)
-        empty = np.zeros((len(xyz), 0))
-        return empty, empty, labels
-    return np.stack([d[k][0] for k in labels], 1), np.stack([d[k][1] for k in labels], 1), labels
 
 
 def _torsion_w2(t_ref: np.ndarray, t_model: np.ndarray, max_ot: int, seed: int) -> float | None:
@@ -157,7 +131,7 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
 
     ``nll_frames``: compute the test NLL on this many evenly spaced test frames (None: all).
     """
-    from bgkit.metrics import energy_w2_with_counts
+    from bgkit.metrics import energy_w2_with_counts, nll
 
     ref = as_reference(reference)
     system = ref.system
@@ -174,9 +148,7 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
     t_prop = torsions(result.xyz[ok], system)
     t_res = torsions(result.xyz[idx], system)
     t_res_all = torsions(result.xyz[idx_all], system)
-    nll_idx = np.arange(len(test_xyz))
-    if nll_frames is not None and nll_frames < len(test_xyz):
-        nll_idx = np.linspace(0, len(test_xyz) - 1, nll_frames).round().astype(int)
+    nll_idx = evenly_spaced(len(test_xyz), nll_frames)
     log_q_test = proposal.log_prob(test_xyz[nll_idx])
     log_w_test = -e_md[nll_idx] - log_q_test
     log_w_test = log_w_test[np.isfinite(log_w_test)]
@@ -198,7 +170,7 @@ def compute_metrics(result: SampleResult, proposal: Proposal, reference: Referen
         "e_w2_resampled_unclipped": energy_w2_with_counts(e_md, result.energy_kt[idx_all])[0],
         "t_w2_resampled_unclipped": _torsion_w2(t_md, t_res_all, max_ot, seed),
         "ess_fraction_clipped": result.weights.ess_fraction_clipped,
-        "nll_test": float(-np.mean(log_q_test)),
+        "nll_test": nll(log_q_test),
         "nll_frames": int(len(nll_idx)),
         "log_w_std_test": float(np.std(log_w_test)) if len(log_w_test) > 1 else float("nan"),
         "samples_per_second": result.summary()["samples_per_second"],
@@ -228,12 +200,12 @@ def ramachandran_distance(result: SampleResult, reference: Reference, floor: boo
     from bgkit.metrics import RAMA_TV_BINS, ramachandran_tv
 
     system = reference.system
-    md_phi, md_psi, labels = pairs(reference.xyz, system)
+    md_phi, md_psi, labels = phi_psi(reference.xyz, system)
     if not labels:
         return {}
     w = np.exp(result.weights.log_w_clipped - np.max(result.weights.log_w_clipped))
     ok = np.isfinite(result.xyz).all(axis=(1, 2)) & (w > 0)
-    q_phi, q_psi, _ = pairs(result.xyz[ok], system)
+    q_phi, q_psi, _ = phi_psi(result.xyz[ok], system)
     per_pair = {lab: ramachandran_tv(q_phi[:, k], q_psi[:, k], md_phi[:, k], md_psi[:, k], weights_a=w[ok])
                 for k, lab in enumerate(labels)}
     out: dict[str, Any] = {"ram_tv": float(np.mean(list(per_pair.values()))), "ram_tv_per_pair": per_pair,
@@ -242,7 +214,7 @@ def ramachandran_distance(result: SampleResult, reference: Reference, floor: boo
     blocks = reference.floor_blocks if floor else None
     if blocks is not None:
         xyz = np.concatenate([d.xyz[b] for d, b in zip(reference.datasets, blocks)])
-        b_phi, b_psi, _ = pairs(xyz, system)
+        b_phi, b_psi, _ = phi_psi(xyz, system)
         out["ram_tv_noise_floor"] = float(np.mean([ramachandran_tv(b_phi[:, k], b_psi[:, k], md_phi[:, k], md_psi[:, k])
                                                    for k in range(len(labels))]))
     return out
@@ -274,9 +246,9 @@ def write_figures(result: SampleResult, reference: Reference, out: Path) -> list
     from bgkit import plots
 
     system = reference.system
-    md_phi, md_psi, labels = pairs(reference.xyz, system)
+    md_phi, md_psi, labels = phi_psi(reference.xyz, system)
     ok = np.isfinite(result.xyz).all(axis=(1, 2))
-    q_phi, q_psi, _ = pairs(result.xyz[ok], system)
+    q_phi, q_psi, _ = phi_psi(result.xyz[ok], system)
     w = normalized_weights(result.weights.log_w_clipped[ok])
     written = list(FIGURES)
     if labels:

@@ -4,8 +4,8 @@ Definitions follow the published BG benchmarks:
 
 * E-W2 = sqrt(ot.emd2_1d(E_ref, E_model)), energies reduced (kT);
 * T-W2 = sqrt of the exact optimal-transport cost (``ot.emd2``) between sets
-  of backbone torsions with the periodic cost Σ_k min(|Δ_k|, 2π − |Δ_k|)²;
-  angles in radians, result in radians;
+  of backbone torsions (:func:`bgkit.dihedrals.torsions`) with the periodic cost
+  Σ_k min(|Δ_k|, 2π − |Δ_k|)²; angles in radians, result in radians;
 * NLL = mean of −log q over held-out data.
 
 Weights, where accepted, are linear and non-negative (they need not sum to
@@ -21,14 +21,12 @@ from bgkit import BgkitError
 from bgkit.arrays import as_numpy
 
 __all__ = [
-    "ramachandran_tv",
     "RAMA_TV_BINS",
     "energy_w2_with_counts",
-    "torsion_w2",
-    "torsion_cost_matrix",
-    "backbone_torsions",
-    "phi_psi_pairs",
     "nll",
+    "ramachandran_tv",
+    "torsion_cost_matrix",
+    "torsion_w2",
 ]
 
 #: Iteration limit for the network-simplex solver in ``ot.emd2`` (POT's default,
@@ -140,46 +138,6 @@ def torsion_w2(
     cost = torsion_cost_matrix(x, y)
     w2 = ot.emd2(a, b, cost, numItermax=EMD_MAX_ITER)
     return float(np.sqrt(max(float(w2), 0.0)))
-
-
-def _residue_of(traj: Any, quads: np.ndarray, central: int) -> list[int]:
-    return [traj.topology.atom(int(q[central])).residue.index for q in quads]
-
-
-def backbone_torsions(traj: Any) -> tuple[np.ndarray, list[str]]:
-    """All backbone φ and ψ of an mdtraj.Trajectory: (angles [n_frames, k] rad, labels).
-
-    Labels are ``phi<i>``/``psi<i>`` with i the 0-based residue index in the
-    topology (φ_i: C(i-1)-N-CA-C, ψ_i: N-CA-C-N(i+1)), ordered by residue,
-    φ before ψ. For capped alanine dipeptide this gives ["phi1", "psi1"].
-    """
-    import mdtraj
-
-    phi_idx, phi = mdtraj.compute_phi(traj)
-    psi_idx, psi = mdtraj.compute_psi(traj)
-    keys = [(r, 0) for r in _residue_of(traj, phi_idx, 2)] + [
-        (r, 1) for r in _residue_of(traj, psi_idx, 1)
-    ]
-    columns = np.concatenate([phi, psi], axis=1).astype(np.float64)
-    order = sorted(range(len(keys)), key=lambda i: keys[i])
-    labels = [("phi" if keys[i][1] == 0 else "psi") + str(keys[i][0]) for i in order]
-    return columns[:, order], labels
-
-
-def phi_psi_pairs(traj: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-residue (φ_i, ψ_i) pairs where both exist: {"ALA1": (phi [n], psi [n]), ...} (rad).
-
-    Keys are residue name + 0-based residue index, in residue order; use them
-    for Ramachandran plots of each residue (ala3 / ala4 have several).
-    """
-    angles, labels = backbone_torsions(traj)
-    col = {lab: i for i, lab in enumerate(labels)}
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for res in traj.topology.residues:
-        i_phi, i_psi = col.get(f"phi{res.index}"), col.get(f"psi{res.index}")
-        if i_phi is not None and i_psi is not None:
-            out[f"{res.name}{res.index}"] = (angles[:, i_phi], angles[:, i_psi])
-    return out
 
 
 def nll(log_q_nm: Any) -> float:

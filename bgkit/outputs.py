@@ -8,6 +8,9 @@ Rules (every command applies them before it spends any time):
   holds bgkit's marker file ``.bgkit-output`` (JSON) and nothing but the files the marker lists;
 * the current directory, its parents and the home directory are never replaced;
 * the folder that will receive the output must be writable (checked by creating a probe file).
+
+An output folder is written completely or not at all: :func:`write_output_folder` fills a working folder
+beside it, writes the marker and moves the folder into place.
 """
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Iterable
 
 from bgkit import BgkitError, __version__
 
@@ -184,3 +187,24 @@ def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike, force: bool, 
     else:
         os.replace(tmp, out)
     return out
+
+
+def write_output_folder(out: str | os.PathLike, kind: str, write: Callable[[Path], Iterable[str]], force: bool,
+                        option: str = "--out") -> Path:
+    """Write the output folder ``out`` completely or not at all; returns ``out``.
+
+    ``write(tmp)`` fills ``tmp``, a fresh empty working folder beside ``out`` (:func:`partial_folder`), and
+    returns the names the folder may hold: the files it wrote and any that a later step will add. The
+    marker (``kind`` and those names) is written, and the folder is moved onto ``out``, replacing an
+    existing one only as the rules allow (:func:`replace_folder`). On any error, or an interrupt, the
+    working folder is removed and ``out`` is left as it was. Check ``out`` with :func:`check_output_folder`
+    before the work starts.
+    """
+    tmp = partial_folder(out)
+    try:
+        files = list(write(tmp))
+        write_marker(tmp, kind, files)
+        return replace_folder(tmp, out, force, option)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

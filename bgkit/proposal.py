@@ -3,9 +3,9 @@
 A proposal file is a checkpoint (:mod:`bgkit.checkpoint`) whose
 ``extra`` entry holds everything needed to sample without the training
 configuration: the system (name, topology hash, atom count, temperature), the
-coordinate representation (``extra["transform"]``: its ``kind`` and fitted
-state; files without a kind are ``cartesian``) and the training data and
-command. ``log_q`` is returned in nm coordinates: a density on the
+coordinate representation (``extra["coords"]``, ``extra["transform"]`` in files of
+format 1: its ``kind`` and fitted state; states without a kind are ``cartesian``) and
+the training data and command. ``log_q`` is returned in nm coordinates: a density on the
 centroid-free subspace, parametrised by the first N-1 centred atoms, whatever
 the representation (:mod:`bgkit.coords.base`), so ``log w = -u/kT - log q`` is
 consistent across ESS, NLL and free energies.
@@ -21,60 +21,62 @@ import numpy as np
 import torch
 
 from bgkit import BgkitError
-from bgkit.coords import Representation, representation_from_state
+from bgkit.checkpoint import system_record
+from bgkit.coords import Representation
 from bgkit.systems import System, load_system
+
+__all__ = ["PROPOSAL_KIND", "Proposal", "export_proposal", "system_record"]
 
 PROPOSAL_KIND = "bgkit.proposal"
 
 
-def system_record(system: System) -> dict[str, Any]:
-    """What a proposal remembers about its system."""
-    return {"name": system.name, "topology_hash": system.topology_hash, "n_atoms": system.n_atoms,
-            "temperature_K": system.temperature}
-
-
 @dataclass
 class Proposal:
-    """Flow + coordinate representation + the system it was trained for."""
+    """Flow + coordinate representation + the system it was trained for (``system_info``, as recorded) and,
+    once checked against one, that ``System`` (:meth:`bind`)."""
 
     flow: torch.nn.Module
     transform: Representation
     system_info: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)  #: training data, command, metrics, provenance
     path: Path | None = None
+    system: System | None = None  #: the System it was checked against (None: not yet)
 
     # ------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str | os.PathLike, system: System | str | None = None, device: str = "cpu") -> "Proposal":
-        """Load a proposal; with ``system``, refuse one trained for another system."""
-        from bgkit.checkpoint import load_checkpoint
-        from bgkit.flows import build_flow
+        """Load a proposal; with ``system`` (a ``System``; a name or folder is resolved here), refuse one trained
+        for another system, and bind it to ``system`` (:meth:`bind`)."""
+        from bgkit.checkpoint import load_flow_checkpoint
 
-        path = Path(path)
-        ckpt = load_checkpoint(path, map_location="cpu")
-        extra = ckpt.get("extra") or {}
-        if extra.get("kind") != PROPOSAL_KIND:
-            raise BgkitError(f"{path} is a training checkpoint without system information, not a bgkit proposal")
+        loaded = load_flow_checkpoint(path, PROPOSAL_KIND, "a bgkit proposal", device=device)
+        ckpt, extra, rep, path = loaded.checkpoint, loaded.extra, loaded.coords, loaded.path
         flow_info = ckpt["flow"]
-        rep = representation_from_state(extra["transform"])
         if int(flow_info["dim"]) != rep.dim or tuple(flow_info["hparams"].get("periodic", ())) != rep.periodic:
             raise BgkitError(f"{path}: the flow acts on {flow_info['dim']} dimensions but its {rep.kind} coordinates "
                              f"have {rep.dim} (periodic {list(rep.periodic)}): the file is inconsistent")
-        flow = build_flow(flow_info["arch"], int(flow_info["dim"]), **flow_info["hparams"])
-        try:
-            flow.load_state_dict(ckpt["model"])
-        except (RuntimeError, KeyError) as exc:
-            raise BgkitError(f"{path}: flow weights do not fit its architecture: {_state_dict_error(exc)}") from None
-        flow = flow.to(device=device, dtype=torch.float64 if extra.get("dtype") == "float64" else torch.float32).eval()
-        proposal = cls(flow, rep, extra["system"],
+        proposal = cls(loaded.flow, rep, extra["system"],
                        {"training": extra.get("training", {}), "metrics": ckpt.get("metrics", {}),
                         "provenance": ckpt.get("provenance", {}), "config": ckpt.get("config", {}),
                         "arch": flow_info["arch"], "hparams": flow_info["hparams"], "coords": rep.kind,
                         "step": int(ckpt.get("step", 0)), "final": bool(ckpt.get("final", True)),
                         "planned_steps": int(ckpt.get("config", {}).get("steps", 0))}, path)
         if system is not None:
-            proposal.check_system(load_system(system))
+            proposal.bind(system)
         return proposal
+
+    def bind(self, system: System | str | None = None) -> System:
+        """The ``System`` this proposal samples for: ``system`` (a name or folder is resolved here), checked
+        (:meth:`check_system`) and remembered, unless it is the very ``System`` already bound; by default the
+        bound one. BgkitError when neither is given."""
+        if system is None or system is self.system:
+            if self.system is None:
+                raise BgkitError("which system? pass the System this proposal samples for")
+            return self.system
+        system = system if isinstance(system, System) else load_system(system)
+        self.check_system(system)
+        self.system = system
+        return system
 
     @property
     def finished(self) -> bool:
@@ -144,8 +146,8 @@ def export_proposal(checkpoint: str | os.PathLike, out: str | os.PathLike, metri
     ``metrics`` (e.g. ``bgkit evaluate``'s metrics.json) are merged into the file's ``metrics``. The
     checkpoint of an interrupted run (not at its last step) is refused unless ``unfinished``.
     """
-    from bgkit.checkpoint import load_checkpoint
-    from bgkit.provenance import atomic_save, json_safe
+    from bgkit.checkpoint import COORDS_KEY, current_extra, load_checkpoint, write_checkpoint
+    from bgkit.provenance import json_safe
 
     ckpt = load_checkpoint(checkpoint)
     if not ckpt.get("final", True) and not unfinished:
@@ -153,14 +155,7 @@ def export_proposal(checkpoint: str | os.PathLike, out: str | os.PathLike, metri
                          f"{ckpt['config'].get('steps')}): finish it with `bgkit train ... --resume`, or pass "
                          "--unfinished to export it anyway")
     slim = {k: v for k, v in ckpt.items() if k not in ("raw_model", "optimizer", "scheduler", "rng")}
-    if metrics:
-        slim["metrics"] = {**slim.get("metrics", {}), **json_safe(metrics)}
-    return atomic_save(slim, out)
-
-
-def _state_dict_error(exc: BaseException) -> str:
-    """The first specific line of torch's load_state_dict error (not its 'Error(s) in loading' header)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    detail = [ln for ln in lines if not ln.startswith("Error(s) in loading")]
-    more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
-    return (detail[0] if detail else lines[0] if lines else type(exc).__name__) + more
+    slim["extra"] = current_extra(slim.get("extra") or {})
+    merged = {**slim.get("metrics", {}), **json_safe(metrics or {})}
+    slim["metrics"] = {k: v for k, v in merged.items() if k != COORDS_KEY}  # the representation is extra's alone
+    return write_checkpoint(slim, out)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from bgkit import BgkitError
+from bgkit.arrays import evenly_spaced
 from bgkit.provenance import file_sha256
 from bgkit.refine_folder import (RefinementFolder, chunk_seed, draw_chunks, is_refinement_folder,
                                  resampled_flow_vectors)
@@ -195,11 +196,12 @@ def _train_round(run: RefinementFolder, k: int, proposal: Proposal, y: np.ndarra
     return path
 
 
-def refine(system: System, model: str | Path, out: str | Path, config: RefineConfig,
+def refine(system: System, model: str | Path | Proposal, out: str | Path, config: RefineConfig,
            datasets: list[Any] | None = None, reference: Any = None, basin_datasets: list[Any] | None = None,
            energy_workers: int | None = None,
            force: bool = False, progress: bool = True, say: Callable[[str], None] | None = None) -> RefineResult:
-    """Refine the proposal ``model`` of ``system`` for ``config.rounds`` rounds; write the best round to ``out``.
+    """Refine the proposal ``model`` (a file, or one loaded for ``system``) of ``system`` for ``config.rounds``
+    rounds; write the best round to ``out``.
 
     datasets: MD datasets whose train frames are mixed in (``md_fraction``) and whose validation frames
     give the training loop's validation NLL (default: the system's own ``md``); reference: a
@@ -208,7 +210,7 @@ def refine(system: System, model: str | Path, out: str | Path, config: RefineCon
     (default: the reference's datasets; pass the best-converged one, e.g. replica exchange). The work folder
     ``OUT.refine/`` beside ``out`` holds the draws and the rounds; the same call continues it.
     """
-    from bgkit.checkpoint import load_checkpoint
+    from bgkit.checkpoint import current_extra, load_checkpoint
     from bgkit.energy import EnergyModel
     from bgkit.evaluate import Reference
     from bgkit.outputs import check_output_file
@@ -220,7 +222,9 @@ def refine(system: System, model: str | Path, out: str | Path, config: RefineCon
     config.validate()
     out = Path(os.path.abspath(out))
     work = out.with_name(out.name + ".refine")
-    start = Proposal.load(model, system=system)
+    start = model if isinstance(model, Proposal) else Proposal.load(model, system=system)
+    system = start.bind(system)
+    model = start.path
     if work.exists() and not is_refinement_folder(work):
         raise BgkitError(f"{work} exists and is not a bgkit refinement folder: move it away")
     if force and work.exists():
@@ -241,11 +245,10 @@ def refine(system: System, model: str | Path, out: str | Path, config: RefineCon
     basin_xyz = np.concatenate([d.xyz for d in (basin_datasets or reference.datasets)])
     md_train = np.concatenate([d.split("train") for d in datasets]).astype(np.float64)
     md_val = np.concatenate([d.split("val") for d in datasets]).astype(np.float64)
-    md_val = md_val[np.linspace(0, len(md_val) - 1, min(2000, len(md_val))).round().astype(int)]
+    md_val = md_val[evenly_spaced(len(md_val), 2000)]
     md_y = to_flow_space(start.transform, md_train).astype(np.float32) if config.md_fraction > 0 else None
     val_y = to_flow_space(start.transform, md_val).astype(np.float32)
-    ckpt = load_checkpoint(model)
-    extra = dict(ckpt.get("extra") or {})
+    extra = current_extra(load_checkpoint(model).get("extra") or {})  # each round's proposal keeps the start's record
     rotors = ((extra.get("training") or {}).get("rotor_groups")) or []
     t_run = time.perf_counter()
     with EnergyModel(system, n_workers=energy_workers) as energy:

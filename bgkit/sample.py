@@ -3,13 +3,13 @@
 Flow sampling (torch, main process) and energy evaluation (OpenMM worker
 processes) are pipelined: the energies of one batch are computed while the
 next batch is drawn. Under torchrun each rank draws its share with its own
-seed and energy workers; rank 0 gathers everything.
+seed and energy workers; rank 0 gathers everything (the process group is
+:mod:`bgkit.distributed`'s).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ import torch
 from bgkit import BgkitError
 from bgkit.proposal import Proposal
 from bgkit.chirality import check_chirality, chiral_centres, chirality_signs
+from bgkit.distributed import Group, process_group
 from bgkit.provenance import file_sha256
 from bgkit.reweight import ReweightResult, reweight
 from bgkit.systems import System, load_system
@@ -107,46 +108,55 @@ def check_sizes(n: int, batch_size: int, n_atoms: int | None = None, out: str | 
 
 
 def load_proposal(system: System | str, model: str | Path | None = None, device: str = "cpu") -> Proposal:
-    """The proposal ``model`` (default: the system's shipped proposal.pt), checked against ``system``."""
-    system = load_system(system)
+    """The proposal ``model`` (default: the system's shipped proposal.pt), checked against ``system`` (a
+    ``System``; a name or folder is resolved here) and bound to it."""
+    system = system if isinstance(system, System) else load_system(system)
     path = Path(model) if model is not None else system.folder / "proposal.pt"
     if model is None and not path.is_file():
         raise BgkitError(f"system '{system.name}' ships no proposal ({path} missing): pass --model")
     return Proposal.load(path, system=system, device=device)
 
 
-def _dist() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call created the process group) under torchrun; (0, 1, False) alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        owns = not dist.is_initialized()
-        if owns:
-            dist.init_process_group("gloo")
-        return dist.get_rank(), dist.get_world_size(), owns
-    return 0, 1, False
-
-
-def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: int = 2000, seed: int = 0,
-         n_workers: int | None = None, chirality: str = "drop", clip_fraction: float = 0.002,
+def draw(proposal: Proposal, system: System | str | None = None, n: int = 10000, batch_size: int = 2000,
+         seed: int = 0, n_workers: int | None = None, chirality: str = "drop", clip_fraction: float = 0.002,
          progress: bool = True, energy_model: Any = None) -> SampleResult | None:
     """n samples with log q, energies and importance weights (rank 0 gets the result; other ranks None).
 
+    system: the ``System`` to weight by (a name or folder is resolved here; default: the system the proposal
+    was loaded for), checked against the proposal unless the proposal was loaded for this very ``System``.
     chirality: "drop" gives samples with a mirrored chiral centre zero weight (counted);
     "keep" leaves them in (they have the same energy as their mirror image).
     energy_model: an open :class:`~bgkit.energy.EnergyModel` of ``system`` to use (and leave open), e.g.
     across the many draws of a refinement; by default one is started and closed here.
     """
+    check_sizes(n, batch_size)
+    if chirality not in ("drop", "keep"):
+        raise BgkitError(f"chirality must be 'drop' or 'keep', got {chirality!r}")
+    system = proposal.bind(system)
+    with process_group() as group:
+        xyz_all, log_q_all, e_all, flow_s, energy_s, n_invalid, seconds = \
+            _draw_shares(proposal, system, n, batch_size, seed, n_workers, progress, energy_model, group)
+    if group.rank != 0:
+        return None
+    quads = chiral_centres(system.topology)
+    reference = chirality_signs(system.positions, quads)[0]
+    wrong = ~check_chirality(xyz_all, quads, reference) if len(quads) else np.zeros(len(e_all), dtype=bool)
+    e_for_weights = np.where(wrong, np.inf, e_all) if chirality == "drop" else e_all
+    weights = reweight(e_for_weights, log_q_all, clip_fraction=clip_fraction, seed=seed)
+    return SampleResult(xyz_all, log_q_all, e_all, wrong, weights, seconds, flow_s, energy_s, n_invalid)
+
+
+def _draw_shares(proposal: Proposal, system: System, n: int, batch_size: int, seed: int, n_workers: int | None,
+                 progress: bool, energy_model: Any, group: Group) -> tuple:
+    """This rank's share of the n draws, scored; on rank 0 every rank's, joined (rank order): (xyz, log q,
+    energies, flow s, energy s, invalid count, wall s); other ranks get their own share back."""
+    from contextlib import nullcontext
+
     from tqdm import tqdm
 
     from bgkit.energy import EnergyModel
 
-    check_sizes(n, batch_size)
-    if chirality not in ("drop", "keep"):
-        raise BgkitError(f"chirality must be 'drop' or 'keep', got {chirality!r}")
-    system = load_system(system)
-    proposal.check_system(system)
-    rank, world, owns_group = _dist()
+    rank, world = group.rank, group.world
     share = n // world + (1 if rank < n % world else 0)
     generator = torch.Generator(device=proposal.device).manual_seed(int(seed) * 1000003 + rank)
     workers = n_workers or max(1, (os.cpu_count() or 1) // world)
@@ -154,8 +164,6 @@ def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: i
     flow_s = energy_s = 0.0
     t0 = time.perf_counter()
     n_invalid = 0
-    from contextlib import nullcontext
-
     own_model = energy_model is None
     with (EnergyModel(system, n_workers=workers) if own_model else nullcontext(energy_model)) as model, \
             ThreadPoolExecutor(1) as pool:
@@ -188,34 +196,17 @@ def draw(proposal: Proposal, system: System | str, n: int = 10000, batch_size: i
         bar.close()
     seconds = time.perf_counter() - t0
     local = (np.concatenate(xyz), np.concatenate(log_q), np.concatenate(energies), flow_s, energy_s, n_invalid, seconds)
-    if world > 1:
-        import torch.distributed as dist
+    if not group.active:
+        return local
+    import torch.distributed as dist
 
-        from bgkit.distributed import destroy_group
-
-        gathered = [None] * world if rank == 0 else None
-        finished = False
-        try:
-            dist.gather_object(local, gathered, dst=0)
-            finished = True
-        finally:
-            if owns_group:
-                destroy_group(finished)
-        if rank != 0:
-            return None
-        xyz_all = np.concatenate([g[0] for g in gathered])
-        log_q_all = np.concatenate([g[1] for g in gathered])
-        e_all = np.concatenate([g[2] for g in gathered])
-        flow_s, energy_s = sum(g[3] for g in gathered), sum(g[4] for g in gathered)
-        n_invalid, seconds = sum(g[5] for g in gathered), max(g[6] for g in gathered)
-    else:
-        xyz_all, log_q_all, e_all = local[:3]
-    quads = chiral_centres(system.topology)
-    reference = chirality_signs(system.positions, quads)[0]
-    wrong = ~check_chirality(xyz_all, quads, reference) if len(quads) else np.zeros(len(e_all), dtype=bool)
-    e_for_weights = np.where(wrong, np.inf, e_all) if chirality == "drop" else e_all
-    weights = reweight(e_for_weights, log_q_all, clip_fraction=clip_fraction, seed=seed)
-    return SampleResult(xyz_all, log_q_all, e_all, wrong, weights, seconds, flow_s, energy_s, n_invalid)
+    gathered = [None] * world if rank == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    if rank != 0:
+        return local
+    return (np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered]),
+            np.concatenate([g[2] for g in gathered]), sum(g[3] for g in gathered), sum(g[4] for g in gathered),
+            sum(g[5] for g in gathered), max(g[6] for g in gathered))
 
 
 def write_sample_folder(result: SampleResult, system: System, out: str | Path, force: bool = False,
@@ -229,13 +220,13 @@ def write_sample_folder(result: SampleResult, system: System, out: str | Path, f
     """
     import mdtraj
 
-    from bgkit.outputs import check_output_folder, partial_folder, replace_folder, write_marker
+    from bgkit.outputs import check_output_folder, write_output_folder
     from bgkit.provenance import dumps_json, provenance
 
     out = Path(os.path.abspath(out))
     check_output_folder(out, force)
-    tmp = partial_folder(out)
-    try:
+
+    def write(tmp: Path) -> list[str]:
         mdtraj.Trajectory(result.xyz.astype(np.float32), system.topology).save_hdf5(str(tmp / "samples.h5"))
         np.savez(tmp / "weights.npz", log_q=result.log_q, energy_kt=result.energy_kt, log_w=result.weights.log_w,
                  log_w_clipped=result.weights.log_w_clipped, resampled=result.weights.indices,
@@ -247,12 +238,9 @@ def write_sample_folder(result: SampleResult, system: System, out: str | Path, f
                    **(extra or {}), "provenance": provenance(system=system.name),
                    "sha256": {name: file_sha256(tmp / name) for name in ("samples.h5", "weights.npz")}}
         (tmp / "summary.json").write_text(dumps_json(summary) + "\n")
-        write_marker(tmp, kind, ["samples.h5", "weights.npz", "summary.json", *more_files])
-        replace_folder(tmp, out, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        return ["samples.h5", "weights.npz", "summary.json", *more_files]
+
+    return write_output_folder(out, kind, write, force)
 
 
 def sample_folder_system(summary: dict[str, Any]) -> System:

@@ -23,15 +23,16 @@ import numpy as np
 
 def main() -> None:
     from bgkit.energy import EnergyModel
-    from bgkit.fep import MAP_CONFIG, MAP_HPARAMS, default_reference, in_state, state_frames
+    from bgkit.fep_workflow import MAP_CONFIG, MAP_HPARAMS, default_reference
     from bgkit.free_energy import ALA2_STATES, delta_f_counting, delta_f_reweighting
-    from bgkit.free_energy.tfep import LearnedMap, map_works, tfep_estimates
+    from bgkit.free_energy.learned_map import LearnedMap, map_works, tfep_estimates
+    from bgkit.free_energy.states import in_state, state_frames
     from bgkit.md import load_dataset
     from bgkit.plots import work_histograms
     from bgkit.proposal import Proposal
     from bgkit.sample import draw
     from bgkit.systems import load_system
-    from bgkit.train.tfep import train_state_map
+    from bgkit.train.learned_map import train_state_map
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--to", default="alpha_R", choices=[s for s in ALA2_STATES if s != "C7eq_beta"])

@@ -19,7 +19,7 @@ import numpy as np
 
 
 def main() -> None:
-    from bgkit.evaluate import pairs
+    from bgkit.dihedrals import phi_psi
     from bgkit.free_energy import ALA2_STATES, delta_f_counting, delta_f_reweighting, state_masks
     from bgkit.md import load_dataset
     from bgkit.proposal import Proposal
@@ -38,10 +38,10 @@ def main() -> None:
     dataset = load_dataset(args.system)
     proposal = Proposal.load(args.model or system.folder / "proposal.pt", system=system)
 
-    phi, psi, _ = pairs(dataset.xyz, system)  # [n, residues] rad; ala2 has one φ/ψ pair
+    phi, psi, _ = phi_psi(dataset.xyz, system)  # [n, residues] rad; ala2 has one φ/ψ pair
     md = state_masks(ALA2_STATES, phi[:, 0], psi[:, 0])
     result = draw(proposal, system, n=args.n, seed=args.seed, progress=False)
-    phi, psi, _ = pairs(result.xyz, system)
+    phi, psi, _ = phi_psi(result.xyz, system)
     bg = state_masks(ALA2_STATES, phi[:, 0], psi[:, 0])
     log_w = result.weights.log_w
     print(f"{system.name}: MD {dataset.n_frames} frames ({dataset.simulated_ns:.0f} ns); "

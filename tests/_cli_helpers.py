@@ -1,4 +1,5 @@
-"""Running the ``bgkit`` command line as a user does, for the CLI safety tests."""
+"""Running the ``bgkit`` command line as a user does: the one runner and one-line-error check of the CLI tests,
+and the process-tree helpers of the no-orphan tests."""
 from __future__ import annotations
 
 import os
@@ -13,19 +14,32 @@ def bgkit(*args, cwd=None, env=None, timeout=300, prefix=(), **kw) -> subprocess
     """``python -m bgkit.cli ARGS`` in a subprocess (text output captured), after the command ``prefix``."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("BGKIT_DEBUG", None)
-    return subprocess.run([*prefix, sys.executable, "-m", "bgkit.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=full_env, timeout=timeout, **kw)
+    return subprocess.run([*prefix, sys.executable, "-m", "bgkit.cli", *map(str, args)], check=False,
+                          capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout, **kw)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit status 1, stderr exactly one ``error: ...`` line containing every fragment; returns it."""
+    """A bad-input error as the CLI documents it: exit status 1, no traceback on stderr or stdout, and stderr
+    exactly one ``error: ...`` line naming the problem (containing every fragment); returns that line."""
     err = result.stderr.strip()
     assert result.returncode == 1, (result.returncode, err)
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and "Traceback" not in result.stdout, err
+    assert len(err.splitlines()) == 1, err
     assert err.startswith("error: "), err
     for f in fragments:
         assert f in err, (f, err)
     return err
+
+
+def cli_commands(group, prefix: str = ""):
+    """(full name, click command) of every command below the click ``group``, e.g. ("teacher train", ...)."""
+    import click
+
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from cli_commands(cmd, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", cmd
 
 
 def _children() -> dict[int, list[int]]:

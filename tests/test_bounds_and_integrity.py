@@ -1,4 +1,4 @@
-"""Reliability issue, items 4-8, 12, 13: bounded sizes, no orphans, checksummed chunks, no poisoned checkpoints,
+"""Reliability: bounded sizes, no orphans, checksummed chunks, no poisoned checkpoints,
 bgkit's own temporary files only, messages that name the option, no silently ignored option.
 
 Reflow targets use the shipped ala2 proposal as the "teacher" (its forward map: seconds, no ODE).
@@ -25,7 +25,7 @@ REFLOW = ["targets", "reflow", "--teacher", TEACHER, "--chunk-size", 100, "--n-v
 HUGE = 10**12
 
 
-# ------------------------------------------------------------------ item 4: bounded sizes
+# ------------------------------------------------------------------ bounded sizes
 @pytest.mark.parametrize("args, fragments", [
     (REFLOW + ["--n", HUGE], ["--n", "<= 1,000,000,000"]),
     (["targets", "reflow", "--teacher", TEACHER, "--n", 10**9, "--chunk-size", 1], ["--chunk-size", "chunk files"]),
@@ -87,7 +87,7 @@ def test_reflow_never_leaves_an_unmarked_folder_that_blocks_a_rerun(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folder left
 
 
-# ------------------------------------------------------------------ item 5: orphans, SIGTERM
+# ------------------------------------------------------------------ orphans, SIGTERM
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_reflow_with_two_workers_leaves_no_orphans(tmp_path, sig):
@@ -116,7 +116,7 @@ def test_killed_reflow_with_two_workers_leaves_no_orphans(tmp_path, sig):
     assert set(manifest["sha256"]) <= {p.name for p in out.glob("*.npy")}
 
 
-# ------------------------------------------------------------------ item 6: damaged chunks
+# ------------------------------------------------------------------ damaged chunks
 def test_damaged_reflow_chunks_are_redrawn_on_rerun_and_refused_by_train(tmp_path):
     from bgkit.train.reflow import open_reflow
 
@@ -203,7 +203,7 @@ def test_sample_folder_and_ot_targets_files_are_checked(tmp_path, samples):
         load_targets(path)
 
 
-# ------------------------------------------------------------------ item 7: floats, poisoned checkpoints
+# ------------------------------------------------------------------ floats, poisoned checkpoints
 @pytest.mark.parametrize("option, value, fragment", [
     ("--lr", "inf", "--lr (lr) must be a finite number > 0 and <= 1, got inf"),
     ("--lr", "1e6", "--lr (lr) must be a finite number > 0 and <= 1"),
@@ -301,7 +301,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path):
     assert "update bgkit" not in str(err.value)
 
 
-# ------------------------------------------------------------------ item 8: only bgkit's temporary files
+# ------------------------------------------------------------------ only bgkit's temporary files
 def test_force_keeps_a_users_hidden_tmp_file(tmp_path):
     from bgkit.outputs import foreign_content, write_marker
 

@@ -3,28 +3,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-from bgkit.systems import load_system
+from _cli_helpers import assert_one_line_error, bgkit
 from conftest import direct_openmm, perturbed_frames
 
-
-def bgkit(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "bgkit.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode != 0
-    err = result.stderr.strip()
-    assert "Traceback" not in err, err
-    assert len(err.splitlines()) == 1, err
-    for f in fragments:
-        assert f in err, err
+from bgkit.systems import load_system
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,18 @@ from pathlib import Path
 
 import click
 import pytest
-from _cli_helpers import REPO, assert_one_line_error, bgkit
+from _cli_helpers import REPO, assert_one_line_error, bgkit, cli_commands
 
 from bgkit import BgkitError
-from bgkit.outputs import (MARKER, check_output_file, check_output_folder, foreign_content, partial_folder, protected,
-                           write_marker)
+from bgkit.outputs import (
+    MARKER,
+    check_output_file,
+    check_output_folder,
+    foreign_content,
+    partial_folder,
+    protected,
+    write_marker,
+)
 
 SAMPLE = ["sample", "--system", "ala2", "--n", 20, "--batch-size", 20, "--workers", 1]
 
@@ -121,8 +128,8 @@ def _dead_pid() -> int:
     import subprocess
     import sys
 
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=False,
+                              capture_output=True, text=True).stdout)
 
 
 def test_leftovers_of_killed_runs_are_removed_and_those_of_running_ones_kept(tmp_path):
@@ -148,7 +155,7 @@ def test_a_sample_run_after_a_killed_one_leaves_no_partial_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
-# ---------------------------------------------- item 13: unwritable outputs
+# ------------------------------------------------------- unwritable outputs
 def _unprivileged() -> list[str]:
     """Command prefix that drops root's privileges, so that a read-only folder is read-only."""
     if os.geteuid() != 0:
@@ -179,7 +186,7 @@ def test_unwritable_out_fails_before_any_work():
         shutil.rmtree(root)
 
 
-# ------------------------------------------------------------ item 15: plot
+# --------------------------------------------------------------------- plot
 def test_plot_needs_force_to_overwrite(sample_folder, tmp_path):
     png = tmp_path / "w.png"
     png.write_bytes(b"precious")
@@ -193,19 +200,11 @@ def test_plot_needs_force_to_overwrite(sample_folder, tmp_path):
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
-# ------------------------------------------------- item 16: options and help
-def _commands(group: click.Group, prefix: str = ""):
-    for name, cmd in group.commands.items():
-        if isinstance(cmd, click.Group):
-            yield from _commands(cmd, f"{prefix}{name} ")
-        else:
-            yield f"{prefix}{name}", cmd
-
-
+# ------------------------------------------------------------ options and help
 def test_every_option_has_help():
     from bgkit.cli import main
 
-    missing = [f"{name} {opt.opts[0]}" for name, cmd in _commands(main) for opt in cmd.params
+    missing = [f"{name} {opt.opts[0]}" for name, cmd in cli_commands(main) for opt in cmd.params
                if isinstance(opt, click.Option) and not (opt.help or "").strip()]
     assert missing == []
     from bgkit.cli import sample, train
@@ -226,7 +225,7 @@ def test_workers_must_be_positive(tmp_path):
 
 def test_usage_errors_exit_2_as_documented():
     readme = (REPO / "README.md").read_text()
-    assert re.search(r"usage errors.*exit with status 2", readme, re.S)
+    assert re.search(r"usage errors.*exit with status 2", readme, re.DOTALL | re.IGNORECASE)
     assert bgkit("sample", "--n", 5).returncode == 2  # --system missing
     assert bgkit("energy", "--system", "ala2", "x.h5", "--workers", "two").returncode == 2
     assert bgkit("no-such-command").returncode == 2

@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-
 from _cli_helpers import assert_one_line_error, bgkit
 
 pytestmark = pytest.mark.slow  # each test runs several bgkit processes (~1 min in all)
@@ -43,7 +42,15 @@ def test_data_check_counts_the_basins_of_the_frames(tiny_dataset, tmp_path) -> N
     assert set(rows) == set(expected)
     for basin, mask in expected.items():
         assert rows[basin]["frames_in_basin"] == int(mask.sum()), basin
-    assert sum(r["frames_in_basin"] for r in report["basins"]) == ds.n_frames
+    # each half is the first or second half of every replica's frames (2 replicas here): fractions counted directly
+    halves = {"first_half": np.zeros(ds.n_frames, bool), "second_half": np.zeros(ds.n_frames, bool)}
+    for rep in np.unique(ds.replica_index):
+        frames = np.flatnonzero(ds.replica_index == rep)
+        halves["first_half"][frames[: len(frames) // 2]] = True
+        halves["second_half"][frames[len(frames) // 2:]] = True
+    for basin, mask in expected.items():
+        for half, in_half in halves.items():
+            assert rows[basin][half][0] == pytest.approx(mask[in_half].mean(), abs=1e-12), (basin, half)
     assert "all basins agree" in res.stdout
     # the same command again refuses to overwrite its JSON report
     assert_one_line_error(bgkit("data", "check", tiny_dataset, "--json", report_path), "exists", "--force")
@@ -93,6 +100,9 @@ def test_train_resumes_to_more_steps_and_guards_its_checkpoint(tiny_dataset, tmp
     assert res.returncode == 0, res.stderr
     first = load_checkpoint(out)
     assert first["step"] == 6 and first["final"] and first["config"]["warmup_steps"] == 0
+    # the representation is stored once, under extra["coords"] (format 2)
+    assert first["format_version"] == 2 and first["extra"]["coords"]["kind"] == "internal"
+    assert "transform" not in first["extra"] and "coords" not in first["extra"]["training"]
     assert_one_line_error(bgkit(*args, "--steps", 6, "--out", out), "exists", "--resume", "--force")
     res = bgkit(*args, "--steps", 10, "--out", out, "--resume")
     assert res.returncode == 0, res.stderr

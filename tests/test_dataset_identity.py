@@ -115,9 +115,9 @@ def test_train_and_fep_use_the_system_folders_md(tmp_path):
     ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
     assert tmp_path / ckpt["extra"]["training"]["dataset"] == pro / "md"  # recorded relative to the cwd
     assert ckpt["extra"]["training"]["dataset_frames"] == 400
-    from bgkit.fep import run_fep
+    from bgkit.fep_workflow import run_fep
 
-    result = run_fep(pro, "C7eq_beta", "alpha_R", tmp_path / "fep", methods=("counting",), progress=False)
+    result = run_fep(load_system(pro), "C7eq_beta", "alpha_R", tmp_path / "fep", methods=("counting",), progress=False)
     assert Path(result["estimates"]["counting"]["dataset"]) == pro / "md"
     assert result["estimates"]["counting"]["frames"] == 400
 

@@ -1,14 +1,13 @@
 """The evaluation reference: one or several datasets' test splits, joined, and their MD noise floor."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from _cli_helpers import assert_one_line_error, bgkit
 
 from bgkit import BgkitError
-from bgkit.evaluate import Reference, noise_floor, torsions
+from bgkit.dihedrals import torsions
+from bgkit.evaluate import Reference, noise_floor
 from bgkit.md.dataset import load_dataset
 from bgkit.metrics import torsion_w2
 from bgkit.systems import load_system
@@ -73,12 +72,8 @@ def test_reference_refuses_repeated_or_foreign_datasets(ala2_datasets):
 
 def test_evaluate_refuses_a_dataset_given_twice_in_one_line(tmp_path):
     md = load_system("ala2").folder / "md"
-    res = subprocess.run([sys.executable, "-m", "bgkit.cli", "evaluate", "--system", "ala2", "--n", "10",
-                          "--data", str(md), "--data", str(md), "--out", str(tmp_path / "ev")],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode != 0
-    err = res.stderr.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1 and "given twice" in err, err
+    res = bgkit("evaluate", "--system", "ala2", "--n", 10, "--data", md, "--data", md, "--out", tmp_path / "ev")
+    assert_one_line_error(res, "given twice")
     assert not (tmp_path / "ev").exists()
 
 

@@ -17,8 +17,8 @@ from _cli_helpers import assert_one_line_error, bgkit
 from scipy.special import i0
 
 from bgkit import BgkitError
+from bgkit.free_energy.learned_map import LearnedMap, tfep_estimates, works_block_errors
 from bgkit.free_energy.states import ALA2_STATES, State, load_states
-from bgkit.free_energy.tfep import LearnedMap, block_bootstrap, tfep_estimates
 
 # ----------------------------------------------------------------------------- analytic TFEP
 
@@ -48,7 +48,7 @@ def test_tfep_with_a_trained_imperfect_map_recovers_the_analytic_free_energy(tmp
     within 3 of their reported errors of the exact ΔF, and the errors below 0.1 kT for 3 000 works each."""
     from bgkit.checkpoint import load_checkpoint
     from bgkit.flows import build_flow
-    from bgkit.train.tfep import train_map
+    from bgkit.train.learned_map import train_map
 
     rng = np.random.default_rng(0)
     truth = -(_log_z(B) - _log_z(A))
@@ -70,7 +70,7 @@ def test_tfep_with_a_trained_imperfect_map_recovers_the_analytic_free_energy(tmp
     for name, r in results.items():
         assert r.stderr_kt < 0.1, (name, r)
         assert abs(r.delta_f_kt - truth) < 3 * r.stderr_kt + 1e-3, (name, r.delta_f_kt, r.stderr_kt, truth)
-    boot = block_bootstrap(w_f, w_r, n_boot=100)
+    boot = works_block_errors(w_f, w_r, n_boot=100)
     for name, r in results.items():  # independent samples: the bootstrap error agrees with pymbar's
         assert 0.5 < boot[name] / r.stderr_kt < 2.0, (name, boot[name], r.stderr_kt)
 
@@ -78,7 +78,7 @@ def test_tfep_with_a_trained_imperfect_map_recovers_the_analytic_free_energy(tmp
 def test_map_pairs_uses_every_sample_of_the_larger_set_and_is_optimal_per_block():
     from itertools import permutations
 
-    from bgkit.train.tfep import map_pairs
+    from bgkit.train.learned_map import map_pairs
 
     rng = np.random.default_rng(3)
     ya, yb = rng.normal(size=(6, 2)), rng.normal(size=(4, 2)) + 2
@@ -91,7 +91,7 @@ def test_map_pairs_uses_every_sample_of_the_larger_set_and_is_optimal_per_block(
 
 
 def test_select_dims_picks_the_dimensions_whose_marginals_differ():
-    from bgkit.train.tfep import select_dims
+    from bgkit.train.learned_map import select_dims
 
     rng = np.random.default_rng(0)
     ya, yb = rng.normal(size=(4000, 4)), rng.normal(size=(4000, 4))
@@ -107,7 +107,7 @@ def test_estimates_flag_instead_of_inventing_numbers():
     assert "exp_forward" in failures and "no overlap" in failures["exp_forward"]
     assert "exp_reverse" in results
     with pytest.raises(BgkitError, match="-inf"):
-        from bgkit.free_energy.fep import exp_estimate
+        from bgkit.free_energy.estimators import exp_estimate
 
         exp_estimate([0.0, -np.inf])
 
@@ -161,10 +161,10 @@ def test_states_yaml_errors(tmp_path, text, fragment):
 @pytest.fixture(scope="module")
 def ala2_map(tmp_path_factory):
     """A briefly trained C7eq/β → α_R map of ala2 (internal coordinates) and a few frames of each state."""
-    from bgkit.fep import state_frames, system_states
+    from bgkit.free_energy.states import state_frames, system_states
     from bgkit.md.dataset import load_dataset
     from bgkit.systems import load_system
-    from bgkit.train.tfep import train_state_map
+    from bgkit.train.learned_map import train_state_map
 
     system = load_system("ala2")
     ds = load_dataset("ala2")
@@ -212,9 +212,9 @@ def test_learned_map_log_jacobian_matches_finite_volume_change(ala2_map):
 def test_identity_map_gives_zero_work_and_exact_estimates(ala2_map):
     """An untrained flow is the identity (zero-initialised output layers): W = 0 up to rounding."""
     from bgkit.energy import EnergyModel
-    from bgkit.fep import in_state
     from bgkit.flows import build_flow
-    from bgkit.free_energy.tfep import map_works
+    from bgkit.free_energy.learned_map import map_works
+    from bgkit.free_energy.states import in_state
 
     system, lmap, a, _ = ala2_map
     identity = LearnedMap(build_flow("nsf", len(lmap.dims), hidden=8, n_layers=2,
@@ -363,7 +363,7 @@ def test_work_histograms_count_the_infinite_works(tmp_path):
 
 
 def test_a_mirrored_molecule_is_in_no_state():
-    from bgkit.fep import in_state
+    from bgkit.free_energy.states import in_state
     from bgkit.systems import load_system
 
     system = load_system("ala2")

@@ -46,7 +46,7 @@ def files(tmp_path_factory):
     return folder, xyz
 
 
-# --------------------------------------------------- item 4: topology checks
+# --------------------------------------------------- topology checks
 @pytest.mark.parametrize("name", ["swapped.pdb", "swapped.h5", "renamed.h5"])
 def test_a_file_with_atoms_in_another_order_is_refused(files, name):
     folder, _ = files
@@ -77,7 +77,7 @@ def test_plotting_a_sample_folder_checks_its_topology(files, tmp_path):
         positions_of(str(tmp_path), reweighted=False)
 
 
-# ------------------------------------------------- item 11: unreadable files
+# ------------------------------------------------- unreadable files
 @pytest.mark.parametrize("name, problem", [
     ("empty.pdb", "the file is empty"),
     ("garbage.pdb", "no ATOM/HETATM records"),
@@ -103,7 +103,7 @@ def test_empty_or_garbage_system_pdb(tmp_path):
         assert_one_line_error(bgkit("systems", "show", folder), "ala2.pdb", problem)
 
 
-# ---------------------------------------------- item 14: NaN coordinates
+# ---------------------------------------------- NaN coordinates
 def test_nan_coordinates_are_counted_as_infinite_energy(files, tmp_path):
     folder, _ = files
     out = tmp_path / "e.npy"

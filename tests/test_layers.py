@@ -14,14 +14,14 @@ import pytest
 
 #: Layers, lowest first: number, name, modules. Names are relative to ``bgkit`` (``bgkit`` alone: the
 #: package's ``__init__``); ``x.*`` is the package ``x`` and every module under it, and the most specific
-#: entry wins (``md.check`` over ``md.*``). A module may import only from its own or lower layers.
+#: entry wins (``a.b`` over ``a.*``). A module may import only from its own or lower layers.
 LAYERS = """
-0  core      bgkit  provenance  outputs  arrays  distributed  limits
-1  physics   systems  io  build  energy  _energy_worker  symmetry  coords.*  chirality
-2  models    md.*  flows.*  checkpoint  proposal
-3  analysis  reweight  metrics  free_energy.*  md.check  sample  evaluate  plots  diagnose  coverage  protocols
+0  core      bgkit  provenance  outputs  arrays  distributed  limits  blocks  units
+1  physics   systems.*  dihedrals  io  build  energy  _energy_worker  symmetry  coords.*  chirality  md.*
+2  models    flows.*  checkpoint  proposal
+3  analysis  reweight  metrics  free_energy.*  sample  evaluate  plots  diagnose  coverage  protocols
 4  training  train.*
-5  workflow  fep  refine  refine_folder
+5  workflow  fep_workflow  refine  refine_folder
 6  entry     bench.*  cli.*  __main__
 """
 

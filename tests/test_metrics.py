@@ -1,4 +1,4 @@
-"""Tests for bgkit.metrics: E-W2, T-W2 (periodic), backbone torsions, NLL."""
+"""Tests for bgkit.metrics: E-W2, T-W2 (periodic), NLL."""
 from __future__ import annotations
 
 import math
@@ -8,10 +8,8 @@ import pytest
 
 from bgkit import BgkitError
 from bgkit.metrics import (
-    backbone_torsions,
     energy_w2_with_counts,
     nll,
-    phi_psi_pairs,
     torsion_cost_matrix,
     torsion_w2,
 )
@@ -100,47 +98,6 @@ def test_torsion_w2_subsample_and_weights():
     assert torsion_w2(a, model, weights=w) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(BgkitError):
         torsion_w2(a, np.zeros((10, 3)))
-
-
-@pytest.fixture(scope="module")
-def ala2_traj():
-    mdtraj = pytest.importorskip("mdtraj")
-    from pathlib import Path
-
-    pdb = Path(__file__).resolve().parents[1] / "systems" / "ala2" / "ala2.pdb"
-    if not pdb.exists():
-        pytest.skip("systems/ala2/ala2.pdb not present")
-    return mdtraj.load(str(pdb))
-
-
-def test_backbone_torsions_ala2(ala2_traj):
-    import mdtraj
-
-    angles, labels = backbone_torsions(ala2_traj)
-    assert labels == ["phi1", "psi1"]
-    assert angles.shape == (1, 2) and angles.dtype == np.float64
-    np.testing.assert_allclose(angles[:, 0], mdtraj.compute_phi(ala2_traj)[1][:, 0], atol=1e-6)
-    pairs = phi_psi_pairs(ala2_traj)
-    assert list(pairs) == ["ALA1"]
-    np.testing.assert_allclose(pairs["ALA1"][1], angles[:, 1])
-
-
-def test_backbone_torsions_multi_residue():
-    mdtraj = pytest.importorskip("mdtraj")
-    from pathlib import Path
-
-    pdb = Path(__file__).resolve().parents[1] / "systems" / "ala4" / "ala4.pdb"
-    if not pdb.exists():
-        pytest.skip("systems/ala4/ala4.pdb not present")
-    traj = mdtraj.load(str(pdb))
-    angles, labels = backbone_torsions(traj)
-    n_phi = mdtraj.compute_phi(traj)[1].shape[1]
-    n_psi = mdtraj.compute_psi(traj)[1].shape[1]
-    assert angles.shape == (1, n_phi + n_psi) and len(labels) == n_phi + n_psi
-    resid = [int(lab[3:]) for lab in labels]
-    assert resid == sorted(resid)
-    pairs = phi_psi_pairs(traj)
-    assert len(pairs) == min(n_phi, n_psi) == 3
 
 
 def test_nll():

@@ -170,7 +170,7 @@ def test_refine_bad_options_are_one_line_errors(tmp_path):
 
 
 def test_basin_loss_warning_fires_when_a_populated_basin_gets_no_weight():
-    from bgkit.evaluate import labelled_torsions
+    from bgkit.dihedrals import labelled_torsions
     from bgkit.md.dataset import load_dataset
     from bgkit.coverage import basin_report
     from bgkit.systems import load_system

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from _cli_helpers import assert_one_line_error, bgkit
 from conftest import wait_for_chunks
 
 from bgkit import BgkitError
@@ -20,8 +21,7 @@ ARGS = ["--system", "ala2", "--chunk", "5", "--save-every", "0.5", "--equilibrat
 
 
 def run_cli(out, ns, **kw):
-    return subprocess.run([sys.executable, "-m", "bgkit.cli", "simulate", *ARGS, "--ns", str(ns), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, **kw)
+    return bgkit("simulate", *ARGS, "--ns", ns, "--out", out, **kw)
 
 
 def test_temperature_ladder_is_geometric():
@@ -82,12 +82,8 @@ def test_killed_and_resumed_parallel_tempering(tmp_path):
 
 
 def test_replica_exchange_bad_options(tmp_path):
-    base = [sys.executable, "-m", "bgkit.cli", "simulate", "--system", "ala2", "--ns", "0.01", "--out"]
-    res = subprocess.run(base + [str(tmp_path / "a"), "--replica-exchange", "3"], capture_output=True, text=True)
-    assert res.returncode != 0 and "--t-max" in res.stderr and "Traceback" not in res.stderr
-    res = subprocess.run(base + [str(tmp_path / "b"), "--replica-exchange", "3", "--t-max", "200"],
-                         capture_output=True, text=True)
-    assert res.returncode != 0 and "must exceed" in res.stderr and "Traceback" not in res.stderr
-    res = subprocess.run(base + [str(tmp_path / "c"), "--t-max", "400"], capture_output=True, text=True)
-    assert res.returncode != 0 and "--replica-exchange" in res.stderr and "Traceback" not in res.stderr
+    base = ["simulate", "--system", "ala2", "--ns", "0.01", "--out"]
+    assert_one_line_error(bgkit(*base, tmp_path / "a", "--replica-exchange", 3), "--t-max")
+    assert_one_line_error(bgkit(*base, tmp_path / "b", "--replica-exchange", 3, "--t-max", 200), "must exceed")
+    assert_one_line_error(bgkit(*base, tmp_path / "c", "--t-max", 400), "--replica-exchange")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -1,6 +1,8 @@
 """Tests for bgkit.reweight: log-weights, Kish ESS, clipping, resampling, SNIS."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -52,6 +54,17 @@ def test_ess_one_dominant_weight():
     lw2[3] = 0.0
     assert kish_ess(lw2) == pytest.approx(1.0)
     assert ess_fraction(lw) == pytest.approx(0.01)
+
+
+def test_ess_of_explicit_weights_and_of_gaussian_importance_sampling():
+    # weights 1, 2, 3, 4 (any common factor): ESS = (sum w)^2 / sum w^2 = 100 / 30
+    assert kish_ess(np.log([1.0, 2.0, 3.0, 4.0]) - 50.0) == pytest.approx(10.0 / 3.0, rel=1e-12)
+    assert ess_fraction(np.log([0.5, 0.5, 1.0, 2.0])) == pytest.approx(16.0 / 5.5 / 4, rel=1e-12)
+    # target N(0, 1), proposal N(0, s^2): E_q[w^2] / E_q[w]^2 = s^2 / sqrt(2 s^2 - 1), so ESS/N -> sqrt(2 s^2 - 1) / s^2
+    s, n = 2.0, 200_000
+    x = np.random.default_rng(5).normal(0.0, s, n)
+    lw, _ = log_weights(x**2 / 2, stats.norm(0.0, s).logpdf(x))
+    assert ess_fraction(lw) == pytest.approx(math.sqrt(2 * s**2 - 1) / s**2, rel=0.005)  # 0.661; MC error 0.1 %
 
 
 def test_ess_all_zero_and_inf_energies():
@@ -126,7 +139,7 @@ def test_snis_gaussian_target_gaussian_proposal():
 
 
 def test_snis_ignores_nan_values_with_zero_weight():
-    m, se = snis_mean(np.array([1.0, np.nan, 3.0]), np.array([0.0, -np.inf, 0.0]))
+    m, _ = snis_mean(np.array([1.0, np.nan, 3.0]), np.array([0.0, -np.inf, 0.0]))
     assert m == pytest.approx(2.0)
 
 
@@ -139,7 +152,8 @@ def test_reweight_bundle():
     assert res.indices.shape == (1000,)
     assert not np.isin(res.indices, [0, 1, 2]).any()
     assert np.isfinite(res.log_w_clipped[res.indices]).all()
-    assert res.ess == pytest.approx(kish_ess(res.log_w))
+    w = np.exp(-u[3:])  # log q = 0: the weights of the 4997 valid samples, by hand, before clipping
+    assert res.ess == pytest.approx(w.sum() ** 2 / (w**2).sum(), rel=1e-10)
     assert res.ess_fraction == pytest.approx(res.ess / 5000)
     assert res.summary()["n_resampled"] == 1000
     with pytest.raises(BgkitError):

@@ -12,9 +12,9 @@ from bgkit.md.dataset import load_dataset
 from bgkit.energy import EnergyModel
 from bgkit.systems import load_system
 
-SHIPPED = ["ala2", "ala3", "ala4"]
-#: every dataset folder shipped beside a system's md/: replica exchange (ala2), densely saved plain MD (ala4)
-EXTRA = [str(Path(__file__).resolve().parents[1] / "systems" / d) for d in ("ala2/md_rex", "ala4/md_dense")]
+SHIPPED = ["ala2", "ala3", "ala4", "ala2ff96"]
+#: every dataset folder shipped beside a system's md/: replica exchange (ala2, ala2ff96), densely saved plain MD (ala4)
+EXTRA = [str(Path(__file__).resolve().parents[1] / "systems" / d) for d in ("ala2/md_rex", "ala4/md_dense", "ala2ff96/md_rex")]
 
 
 @pytest.fixture(scope="module", params=SHIPPED + EXTRA)
@@ -36,7 +36,8 @@ def test_dataset_matches_its_system(dataset):
         np.testing.assert_allclose(np.diff(t), s["save_every_ps"], atol=1e-3)
     assert np.isfinite(dataset.energies_kt).all()
     # the XTC files are plain mdtraj-readable trajectories with the system topology
-    first = mdtraj.load(str(dataset.replicas[0].chunks[0]), top=str(system.pdb_path))
+    top = system.pdb_path or dataset.folder / "topology.pdb"  # a prmtop system (ala2ff96) has no PDB of its own
+    first = mdtraj.load(str(dataset.replicas[0].chunks[0]), top=str(top))
     assert first.n_atoms == system.n_atoms
 
 
@@ -53,5 +54,5 @@ def test_provenance_records_the_command(dataset):
     assert prov and all("bgkit simulate" in p["command"] for p in prov)
     assert dataset.meta["integrator"] == "LangevinMiddleIntegrator"
     assert dataset.meta["settings"]["step_fs"] == 1.0
-    expected_friction = {"ala2": 1.0, "ala3": 0.3, "ala4": 0.3}[dataset.name]
+    expected_friction = {"ala2": 1.0, "ala3": 0.3, "ala4": 0.3, "ala2ff96": 1.0}[dataset.name]
     assert dataset.meta["settings"]["friction_per_ps"] == expected_friction

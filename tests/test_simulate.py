@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from _cli_helpers import assert_one_line_error, bgkit
 from conftest import wait_for_chunks
 
 from bgkit import BgkitError
@@ -18,8 +19,7 @@ ARGS = ["--system", "ala2", "--ns", "0.03", "--chunk", "2", "--save-every", "0.1
 
 
 def run_cli(out, **kw):
-    return subprocess.run([sys.executable, "-m", "bgkit.cli", "simulate", *ARGS, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, **kw)
+    return bgkit("simulate", *ARGS, "--out", out, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +84,13 @@ def test_splits_are_contiguous_blocks(uninterrupted):
 
 
 def test_changed_settings_refuse_to_resume(uninterrupted):
-    res = subprocess.run([sys.executable, "-m", "bgkit.cli", "simulate", *ARGS[:-2], "--seed", "8",
-                          "--out", str(uninterrupted.folder)], capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0 and "other settings" in res.stderr and "Traceback" not in res.stderr
+    res = bgkit("simulate", *ARGS[:-2], "--seed", "8", "--out", uninterrupted.folder, timeout=120)
+    assert_one_line_error(res, "other settings")
 
 
 def _run_ns(out, ns):
     args = [a if a != "0.03" else str(ns) for a in ARGS]
-    return subprocess.run([sys.executable, "-m", "bgkit.cli", "simulate", *args, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    return bgkit("simulate", *args, "--out", out)
 
 
 @pytest.mark.timeout(300)

@@ -19,7 +19,7 @@ from bgkit.md.simulate import simulate
 FAST = dict(save_every_ps=0.1, chunk_ps=2.0, equilibrate_ps=0.5, progress=False)
 
 
-# ------------------------------------------------ item 3: extending a run
+# ------------------------------------------------ extending a run
 def test_larger_ns_extends_a_run_whose_last_chunk_is_short(tmp_path):
     out = tmp_path / "md"
     assert simulate("ala2", out, ns=0.001, **FAST) == 10  # one chunk of 10 frames, shorter than --chunk (20)
@@ -34,7 +34,7 @@ def test_larger_ns_extends_a_run_whose_last_chunk_is_short(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["settings"]["ns"] == 0.003
 
 
-# ----------------------------------------- item 10: validate before writing
+# ----------------------------------------- validate before writing
 @pytest.mark.parametrize("args, message", [
     (["--ns", "inf"], "--ns must be a finite number"),
     (["--ns", "nan"], "--ns must be a finite number"),
@@ -57,7 +57,7 @@ def test_an_unrelated_folder_is_not_used_as_a_dataset(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
-# --------------------------------------------------- item 7: no orphans
+# --------------------------------------------------- no orphans
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigkill_of_simulate_leaves_no_orphan_processes(tmp_path):
     out = tmp_path / "md"

@@ -96,8 +96,8 @@ def test_ot_targets_record_and_apply_the_alignment(tmp_path):
     from bgkit.train.targets import load_targets
 
     s = load_system("ala2")
-    make_ot_targets("ala2", tmp_path / "a.npz", n=300, block_size=300)
-    make_ot_targets("ala2", tmp_path / "p.npz", n=300, block_size=300, align=False)
+    make_ot_targets("ala2", tmp_path / "a.npz", n=300, block_size=300, coords="cartesian")
+    make_ot_targets("ala2", tmp_path / "p.npz", n=300, block_size=300, align=False, coords="cartesian")
     a, p = load_targets(tmp_path / "a.npz"), load_targets(tmp_path / "p.npz")
     assert a.provenance["aligned_groups"] == terminal_groups(s) and p.provenance["aligned_groups"] == []
     np.testing.assert_array_equal(a.x0, p.x0)  # same seed, same OT pairing; only labels differ

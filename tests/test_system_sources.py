@@ -160,7 +160,13 @@ def test_shipped_ala2ff96_is_openmmtools_alanine_dipeptide_implicit() -> None:
     xyz = md_frames(reference.system, system.positions, 100, every=10)
     rel = assert_energies_agree(bgkit_energies_kj(system, xyz), direct_energies(reference.system, xyz))
     print(f"ala2ff96 vs AlanineDipeptideImplicit(constraints=None): max relative difference {rel:.2e}")
-    assert "md" not in [p.name for p in system.folder.iterdir()]  # no reference data shipped (yet)
+    from bgkit.md.dataset import load_dataset
+
+    assert system.spec.reference == ("md", "md_rex")
+    for name in system.spec.reference:
+        ds = load_dataset(system.folder / name, system=system)  # refuses MD of another Hamiltonian or topology
+        e = bgkit_energies_kj(system, ds.xyz[:: max(1, len(ds.xyz) // 20)].astype(np.float64)) / system.kT
+        np.testing.assert_allclose(ds.energies_kt[:: max(1, len(ds.xyz) // 20)], e, rtol=1e-5, atol=1e-3)
     assert (system.folder / "README.md").is_file()
     from bgkit.build import build_peptide
 

@@ -279,7 +279,7 @@ def test_train_regflow_on_reflow_targets_and_cli_errors(teacher, tmp_path) -> No
     ckpt = torch.load(student, weights_only=True)
     rec = ckpt["extra"]["training"]["targets_provenance"]
     assert rec["kind"] == "reflow" and rec["n"] == 1024 and rec["teacher_sha256"]
-    assert ckpt["extra"]["training"]["coords"] == "internal" and ckpt["history"][-1]["val_loss"] > 0
+    assert ckpt["extra"]["coords"]["kind"] == "internal" and ckpt["history"][-1]["val_loss"] > 0
     assert_one_line_error(bgkit("train", "--system", "ala2", "--arch", "nsf", "--objective", "regflow", "--targets",
                                 rf, "--steps", 2, "--logdet-weight", 1, "--out", tmp_path / "s1.pt"),
                           "bgkit targets reflow --logdet")

@@ -10,6 +10,8 @@ import click
 
 from bgkit import BgkitError
 from bgkit.coords import REPRESENTATIONS
+from bgkit.train.config import CLI_OPTIONS, TrainConfig
+from bgkit.train.objectives import option_owners
 
 
 class _Terminated(KeyboardInterrupt):
@@ -128,6 +130,18 @@ _SYSTEM_HELP = "Shipped system name or system folder."
 
 _COORDS = list(REPRESENTATIONS)
 
+_TRAIN_DEFAULTS = TrainConfig()
+
+
+def _config_option(field: str, help: str, **kwargs: Any) -> Callable:
+    """The option of training-config field ``field``: named as :data:`~bgkit.train.config.CLI_OPTIONS` says, the
+    field its parameter, :class:`~bgkit.train.config.TrainConfig`'s default its default; the help of an
+    objective's option starts with the objectives that read it (the registry's)."""
+    owners = option_owners(field)
+    default = kwargs.pop("default", getattr(_TRAIN_DEFAULTS, field))
+    return click.option(CLI_OPTIONS[field], field, default=default, show_default=default is not None,
+                        help=(f"{' | '.join(owners)}: " if owners else "") + help, **kwargs)
+
 _sample_options = [
     click.option("--system", "system_name", required=True, help=_SYSTEM_HELP),
     click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -149,18 +163,15 @@ _train_options = [
     click.option("--data", multiple=True,
                  help="Dataset folder (default: the md/ folder inside the system folder). Repeat it to train on several datasets "
                       "of the system, e.g. plain MD and replica exchange: each is split in time, the splits joined."),
-    click.option("--steps", type=int, default=20000, show_default=True,
-                 help="Total optimiser steps (a --resume continues up to this count)."),
-    click.option("--batch-size", type=int, default=512, show_default=True, help="Training pairs or frames per step."),
-    click.option("--lr", type=float, default=5e-4, show_default=True,
-                 help="Peak learning rate (AdamW; linear warm-up, then cosine decay)."),
+    _config_option("steps", "Total optimiser steps (a --resume continues up to this count).", type=int),
+    _config_option("batch_size", "Training pairs or frames per step.", type=int),
+    _config_option("lr", "Peak learning rate (AdamW; linear warm-up, then cosine decay).", type=float),
     click.option("--hparams", default="{}", help='Architecture hyperparameters as JSON, e.g. \'{"hidden": 128}\'.'),
     click.option("--max-frames", type=int, default=None, help="Frame objectives: use at most this many train frames."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, batches and noise."),
-    click.option("--max-seconds", type=float, default=None,
-                 help="Stop (with a checkpoint) after this much wall time (s), even before --steps; counted over "
-                      "all runs of a checkpoint, so a --resume continues the same budget."),
-    click.option("--device", default=None, help="torch device (default: cuda if available)."),
+    _config_option("seed", "Seed of initialisation, batches and noise.", type=int),
+    _config_option("max_seconds", "Stop (with a checkpoint) after this much wall time (s), even before --steps; "
+                   "counted over all runs of a checkpoint, so a --resume continues the same budget.", type=float),
+    _config_option("device", "torch device (default: cuda if available)."),
     click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
                  help="Checkpoint file to write (.pt), also a proposal."),
     click.option("--resume", is_flag=True, help="Continue the run in --out."),

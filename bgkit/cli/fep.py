@@ -1,4 +1,6 @@
-"""``bgkit fep``: free-energy difference between two conformational states (:mod:`bgkit.fep`)."""
+"""``bgkit fep``: free-energy difference between two conformational states (:mod:`bgkit.fep_workflow`).
+
+The system is resolved here, once, and passed on as a :class:`bgkit.systems.System`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +9,7 @@ import click
 
 from bgkit import BgkitError
 from bgkit.cli.common import _COORDS, _SYSTEM_HELP, _check_workers
+from bgkit.coords import DEFAULT_COORDS
 
 _STATES_HELP = ("Named states of a dipeptide (degrees; an arc runs counter-clockwise from its first to its second "
                 "value): C7eq_beta phi [-180, 0), psi [50, -120) through 180; beta_planar phi [-180, -120), "
@@ -35,7 +38,7 @@ _STATES_HELP = ("Named states of a dipeptide (degrees; an arc runs counter-clock
               help="Comma-separated subset of counting, reweighting, tfep.")
 @click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Use this TFEP map (a map.pt of an earlier run) instead of training one.")
-@click.option("--coords", type=click.Choice(_COORDS), default="internal", show_default=True,
+@click.option("--coords", type=click.Choice(_COORDS), default=DEFAULT_COORDS, show_default=True,
               help="Flow space of the map.")
 @click.option("--map-steps", type=int, default=1000, show_default=True, help="RegFlow steps of the map.")
 @click.option("--map-threshold", type=float, default=1.0, show_default=True,
@@ -54,11 +57,10 @@ _STATES_HELP = ("Named states of a dipeptide (degrees; an arc runs counter-clock
 @click.option("--force", is_flag=True, help="Replace an existing --out folder that bgkit wrote (never another).")
 def fep(system_name, state_from, state_to, states_file, data, reference, model, n_samples, methods, map_path, coords,
         map_steps, map_threshold, map_seconds, map_frames, work_frames, seed, workers, out, force) -> None:
-    from bgkit.fep import run_fep
-    from bgkit.systems import load_system
-
+    from bgkit.fep_workflow import run_fep
     from bgkit.limits import MAX_COUNT, MAX_STEPS, check_int
     from bgkit.sample import check_sizes
+    from bgkit.systems import load_system
 
     workers = _check_workers(workers)
     for name, value, high in (("--map-steps", map_steps, MAX_STEPS), ("--map-frames", map_frames, MAX_COUNT),

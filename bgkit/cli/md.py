@@ -29,8 +29,9 @@ def simulate(system_name, ns, replicas, out, seed, friction, save_every, chunk, 
              exchange, t_max) -> None:
     """Reference Langevin MD; run the same command again to resume an interrupted run."""
     from bgkit.md.simulate import simulate as run
+    from bgkit.systems import load_system
 
-    frames = run(system_name, out, ns=ns, replicas=replicas, seed=seed, friction_per_ps=friction,
+    frames = run(load_system(system_name), out, ns=ns, replicas=replicas, seed=seed, friction_per_ps=friction,
                  save_every_ps=save_every, chunk_ps=chunk, equilibrate_ps=equilibrate, step_fs=step, platform=platform,
                  exchange_temperatures=exchange, t_max=t_max)
     click.echo(f"{out}: {frames} frames in {replicas} replica(s)")
@@ -56,6 +57,7 @@ def data() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 def data_check(dataset: str, blocks: int, as_json: Path | None, force: bool) -> None:
     """Basin populations in the first and second half of DATASET (name or folder), with errors."""
+    from bgkit.free_energy.states import ALA2_BASINS
     from bgkit.md.check import check_dataset
     from bgkit.outputs import check_output_file
 
@@ -64,7 +66,7 @@ def data_check(dataset: str, blocks: int, as_json: Path | None, force: bool) -> 
     check_int("--blocks", blocks, 2, 100_000)
     if as_json is not None:
         check_output_file(as_json, force, option="--json")
-    report = check_dataset(dataset, n_blocks=blocks)
+    report = check_dataset(dataset, ALA2_BASINS, n_blocks=blocks)
     s = report["summary"]
     click.echo(f"{s['system']}: {s['simulated_ns']:.1f} ns in {s['replicas']} replica(s), {s['frames']} frames "
                f"every {s['frame_interval_ps']} ps  ({s['folder']})")

@@ -42,10 +42,11 @@ def plot_ramachandran(source: str, out: Path, reweighted: bool, force: bool) -> 
     """Ramachandran free energy (kT) of a dataset (name or folder) or a sample folder; every φ/ψ pair."""
     wrote = _check_plot_out(out, force)
     from bgkit import plots
-    from bgkit.evaluate import pairs, positions_of
+    from bgkit.dihedrals import phi_psi
+    from bgkit.evaluate import positions_of
 
     xyz, system, weights, label = positions_of(source, reweighted)
-    phi, psi, labels = pairs(xyz, system)
+    phi, psi, labels = phi_psi(xyz, system)
     plots.ramachandran_panels({label: (phi, psi) if weights is None else (phi, psi, weights)}, out,
                               title=f"{system.name}: {label}", pair_labels=labels)
     click.echo(wrote)

@@ -69,7 +69,7 @@ def refine(system_name, model, out, rounds, draws, resampled, clip_fraction, res
     start = load_proposal(system, model)
     datasets = [load_dataset(d, system) for d in data] if data else None
     basins = [load_dataset(d, system) for d in basin_data] if basin_data else None
-    result = run_refine(system, start.path, out, config, datasets=datasets, basin_datasets=basins,
+    result = run_refine(system, start, out, config, datasets=datasets, basin_datasets=basins,
                         energy_workers=workers, force=force,
                         progress=not no_progress, say=lambda line: click.echo(line, err=True))
     best = result.history[result.best_round]["validation"]

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
 from bgkit import BgkitError
-from bgkit.cli.common import _COORDS, _SYSTEM_HELP, _Group, _check_workers, _note, _train_options, _with_options
+from bgkit.cli.common import (_COORDS, _SYSTEM_HELP, _TRAIN_DEFAULTS, _check_workers, _config_option, _Group, _note,
+                              _rank, _train_options, _with_options)
+from bgkit.coords import DEFAULT_COORDS
 from bgkit.flows import FLOW_ARCHITECTURES
-from bgkit.train.objectives import REGULARISERS
+from bgkit.train.objectives import (DEFAULT_TEACHER_OBJECTIVE, FLOW_OBJECTIVES, OBJECTIVES, REGULARISERS,
+                                    TEACHER_OBJECTIVES, Objective, objective_options, option_owners)
 
 
 @click.group(cls=_Group)
@@ -27,21 +30,21 @@ def targets() -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Targets file to write (.npz).")
 @click.option("--align/--no-align", default=True, show_default=True,
               help="Cartesian only: relabel equivalent terminal atoms (methyl H, ...) of each target to its prior draw.")
-@click.option("--coords", type=click.Choice(_COORDS), default="cartesian", show_default=True,
+@click.option("--coords", type=click.Choice(_COORDS), default=DEFAULT_COORDS, show_default=True,
               help="Flow space: centred Cartesian, or internal (bonds, angles, torsions; OT cost wrapped on torsions).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out.")
 def targets_ot(system_name, data, n, block_size, seed, out, force, align, coords) -> None:
     """Exact optimal-transport pairs (prior sample -> training frame)."""
-    from bgkit.outputs import check_output_file
-    from bgkit.train.molecular import make_ot_targets
-
     from bgkit.limits import MAX_COUNT, check_int
+    from bgkit.outputs import check_output_file
+    from bgkit.systems import load_system
+    from bgkit.train.molecular import make_ot_targets
 
     check_int("--n", n, 2, MAX_COUNT)
     check_int("--block-size", block_size, 1, MAX_COUNT)
     check_int("--seed", seed, 0, 2**63 - 1)
     check_output_file(out, force, hint="pass --force to overwrite it")
-    info = make_ot_targets(system_name, out, data=data, n=n, block_size=block_size, seed=seed, align=align,
+    info = make_ot_targets(load_system(system_name), out, data=data, n=n, block_size=block_size, seed=seed, align=align,
                            coords=coords)
     click.echo(f"wrote {out}: {info['frames']} OT pairs (blocks of {block_size}) in {info['seconds']:.1f} s; "
                f"{len(info['aligned_groups'])} equivalent atom groups aligned ({info['relabelled_pairs']} pairs "
@@ -90,72 +93,77 @@ def targets_reflow(teacher_path, n, out, chunk_size, seed, method, steps, batch_
                + (f", with teacher log-dets, {logdet_divergence} divergence)" if logdet else ")"))
 
 
-def _run_training(system_name: str, arch: str, objective: str, out: Path, resume: bool, force: bool, hparams: str,
-                  steps: int, config: dict, **kwargs) -> None:
-    """Shared body of `bgkit train` and `bgkit teacher train`: check --out, parse --hparams, train, report."""
-    from bgkit.outputs import check_output_file
-    from bgkit.train.config import schedule_for
-    from bgkit.train.molecular import train_proposal
-
+def _run_training(arch: str, params: dict[str, Any], among: tuple[str, ...], only: dict[str, tuple[str, ...]],
+                  **kwargs: Any) -> None:
+    """Shared body of `bgkit train` and `bgkit teacher train` (``params``: the command's parameters; ``among``:
+    its objectives): refuse the options the chosen objective ignores (those of other objectives, and the
+    parameters of ``only`` given for objectives it does not list), check --out and --hparams, build the
+    training config (every number checked before any work), resolve the system once, train, report."""
+    from bgkit.flows import check_hparams
     from bgkit.limits import MAX_COUNT, MAX_STEPS, check_int
-    from bgkit.train.config import TrainConfig
+    from bgkit.outputs import check_output_file
+    from bgkit.systems import load_system
+    from bgkit.train.config import TrainConfig, schedule_for
+    from bgkit.train.molecular import train_for_system
 
-    check_output_file(out, resume or force, hint="pass --resume to continue it or --force to replace it")
+    steps, out = params["steps"], params["out"]
+    fields = [name for name in params if name in _CONFIG_FIELDS]
+    cfg = TrainConfig.from_dict({**schedule_for(steps), "objective": params["objective"],
+                                 **{name: params[name] for name in fields}})
+    _refuse_others(cfg.spec, among, only)
+    if kwargs.get("init") is not None and kwargs["init"].resolve() == out.resolve():
+        raise BgkitError("--init and --out are the same file: write the new run to another --out")
+    check_output_file(out, params["resume"] or params["force"], hint="pass --resume to continue it or --force to "
+                      "replace it")
     try:
-        hp = json.loads(hparams)
+        hp = json.loads(params["hparams"])
     except json.JSONDecodeError:
-        raise BgkitError(f"--hparams is not valid JSON: {hparams}") from None
+        raise BgkitError(f"--hparams is not valid JSON: {params['hparams']}") from None
     if not isinstance(hp, dict):
-        raise BgkitError(f"--hparams must be a JSON object, got {hparams}")
+        raise BgkitError(f"--hparams must be a JSON object, got {params['hparams']}")
     if steps < 1:
         raise BgkitError(f"--steps must be >= 1, got {steps}")
     check_int("--steps", steps, 1, MAX_STEPS)
-    if kwargs.get("max_frames") is not None:
-        check_int("--max-frames", kwargs["max_frames"], 2, MAX_COUNT)  # a representation is fitted on >= 2 frames
-    cfg = {**schedule_for(steps), **config}
-    TrainConfig.from_dict({"objective": objective, **cfg}).validate()  # every number checked before any work
-    from bgkit.flows import check_hparams
-
+    if params["max_frames"] is not None:
+        check_int("--max-frames", params["max_frames"], 2, MAX_COUNT)  # a representation is fitted on >= 2 frames
+    cfg.validate()
     check_hparams(arch, hp)
-    if resume and out.is_file():  # the warm-up is part of the run; a larger --steps only stretches the cosine
-        from bgkit.checkpoint import load_checkpoint
-
-        cfg["warmup_steps"] = load_checkpoint(out)["config"].get("warmup_steps", cfg["warmup_steps"])
-    kwargs["data"] = list(kwargs.get("data") or ()) or None
-    result = train_proposal(system_name, arch, objective, out, hparams=hp, config_overrides=cfg, resume=resume,
-                            **kwargs)
+    result = train_for_system(load_system(params["system_name"]), arch, cfg, out, hparams=hp, resume=params["resume"],
+                              data=list(params["data"]) or None, max_frames=params["max_frames"], **kwargs)
     m = result.metrics
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 wrote the checkpoint
+    if _rank() == 0:  # under torchrun, rank 0 wrote the checkpoint
         click.echo(f"wrote {out}: {m.get('steps')} steps, final train loss {m.get('final_train_loss'):.4g}, "
                    f"val loss {m.get('final_val_loss')}, {m.get('samples_per_s', 0):.0f} samples/s")
 
 
-def _only_for(objective: str, applies: dict[str, tuple[str, ...]]) -> None:
-    """Refuse an option given on the command line that the chosen --objective would ignore."""
+def _refuse_others(objective: Objective, among: tuple[str, ...], only: dict[str, tuple[str, ...]]) -> None:
+    """Refuse an option given on the command line that ``objective`` would ignore: an option of the other
+    objectives of ``among`` (the registry says which read it), or a parameter of ``only`` (-> the objectives it
+    applies to)."""
     from click.core import ParameterSource
 
     ctx = click.get_current_context()
-    for name, objectives in applies.items():
-        if objective in objectives:
+    applies = {o.field: option_owners(o.field, among) for o in objective_options() if o.field in ctx.params}
+    for name, owners in {**applies, **only}.items():
+        if objective.name in owners:
             continue
-        source = ctx.get_parameter_source(name)
-        if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             param = next(p for p in ctx.command.params if p.name == name)
-            raise BgkitError(f"{param.opts[0]} applies to --objective {' or '.join(objectives)}, not {objective}: "
+            raise BgkitError(f"{param.opts[0]} applies to --objective {' or '.join(owners)}, not {objective.name}: "
                              "leave it out")
 
 
-def _objective_help(names: list[str]) -> str:
-    from bgkit.train.objectives import OBJECTIVES
-
+def _objective_help(names: tuple[str, ...]) -> str:
     return "; ".join(f"{n}: {OBJECTIVES[n].summary}" for n in names) + "."
 
 
-def _choices(kind: str) -> list[str]:
-    from bgkit.train.objectives import FLOW_OBJECTIVES, TEACHER_OBJECTIVES
+def _of(among: tuple[str, ...], test: Callable[[Objective], bool]) -> tuple[str, ...]:
+    """The objectives of ``among`` that pass ``test``."""
+    return tuple(n for n in among if test(OBJECTIVES[n]))
 
-    return list(TEACHER_OBJECTIVES if kind == "cnf" else FLOW_OBJECTIVES)
 
+#: the training-config fields a command may set (the others keep TrainConfig's defaults)
+_CONFIG_FIELDS = ("batch_size", "lr", "seed", "device", "max_seconds", *(o.field for o in objective_options()))
 
 _ROTOR_AUGMENT = click.option(
     "--rotor-augment", is_flag=True,
@@ -165,48 +173,35 @@ _ROTOR_AUGMENT = click.option(
 
 @click.command()
 @click.option("--arch", type=click.Choice(list(FLOW_ARCHITECTURES)), required=True, help="Flow architecture.")
-@click.option("--objective", type=click.Choice(_choices("flow")), required=True, help=_objective_help(_choices("flow")))
+@click.option("--objective", type=click.Choice(FLOW_OBJECTIVES), required=True, help=_objective_help(FLOW_OBJECTIVES))
 @click.option("--targets", "targets_path", default=None,
               help="RegFlow: an OT targets file (`bgkit targets ot`) or a reflow targets folder (`bgkit targets reflow`).")
 @click.option("--coords", type=click.Choice(_COORDS), default=None,
-              help="Flow space for frame objectives (default cartesian); RegFlow takes it from --targets.")
+              help=f"Flow space for frame objectives (default {DEFAULT_COORDS}); RegFlow takes it from --targets, "
+                   "--init from its proposal.")
 @click.option("--init", "init", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Start from this proposal's weights and coordinates (same --arch; its hyperparameters are used).")
-@click.option("--kl-weight", type=float, default=1.0, show_default=True, help="kl: weight of the reverse-KL term.")
+@_config_option("kl_weight", "weight of the reverse-KL term.", type=float)
 @click.option("--energy-workers", type=int, default=1, show_default=True,
               help="kl: OpenMM worker processes for the energies and forces of flow samples.")
-@click.option("--reg", type=click.Choice([r or "none" for r in REGULARISERS]), default="fb", show_default=True,
-              help="RegFlow regulariser: forward-backward inverse consistency (fb), squared log-det (logdet) or none.")
-@click.option("--reg-weight", type=float, default=1e-6, show_default=True, help="Weight of the --reg term.")
-@click.option("--noise", type=float, default=0.0, show_default=True, help="RegFlow target noise std (flow units).")
-@click.option("--logdet-weight", type=float, default=0.0, show_default=True,
-              help="RegFlow on reflow targets made with --logdet: weight of the squared error between the flow's and "
-                   "the teacher's log|det| of each pair (nats^2).")
+@_config_option("reg", "regulariser: forward-backward inverse consistency (fb), squared log-det (logdet) or none.", type=click.Choice([r or "none" for r in REGULARISERS]),
+                default=_TRAIN_DEFAULTS.reg or "none", callback=lambda ctx, param, value: None if value == "none" else value)
+@_config_option("reg_weight", "weight of the --reg term.", type=float)
+@_config_option("noise_std", "target noise std (flow units).", type=float)
+@_config_option("logdet_weight", "on reflow targets made with --logdet: weight of the squared error between the "
+                "flow's and the teacher's log|det| of each pair (nats^2).", type=float)
 @_ROTOR_AUGMENT
 @_with_options(_train_options)
-def train(arch, objective, targets_path, coords, init, kl_weight, energy_workers, reg, reg_weight, noise, logdet_weight,
-          rotor_augment, system_name, data, steps, batch_size, lr, hparams, max_frames, seed, max_seconds, device, out,
-          resume, force) -> None:
+def train(**params: Any) -> None:
     """Train a flow; the checkpoint --out is a self-contained proposal."""
-    _only_for(objective, {"kl_weight": ("kl",), "energy_workers": ("kl",), "reg": ("regflow",),
-                          "reg_weight": ("regflow",), "noise": ("regflow",), "targets_path": ("regflow",),
-                          "max_frames": ("mle", "kl")})
-    if energy_workers < 1:
-        raise BgkitError(f"--energy-workers must be >= 1, got {energy_workers}")
-    energy_workers = _check_workers(energy_workers, "--energy-workers")
-    if init is not None and init.resolve() == out.resolve():
-        raise BgkitError("--init and --out are the same file: write the new run to another --out")
-    if logdet_weight and objective != "regflow":
-        raise BgkitError(f"--logdet-weight applies to --objective regflow (on reflow targets made with --logdet), "
-                         f"not {objective}")
-    config = {"batch_size": batch_size, "lr": lr, "reg": None if reg == "none" else reg, "reg_weight": reg_weight,
-              "noise_std": noise, "logdet_weight": logdet_weight, "seed": seed, "device": device,
-              "max_seconds": max_seconds}
-    if objective == "kl":
-        config["kl_weight"] = kl_weight
-    _run_training(system_name, arch, objective, out, resume, force, hparams, steps, config, targets=targets_path,
-                  data=data, max_frames=max_frames, coords=coords, init=init, energy_workers=energy_workers,
-                  rotor_augment=rotor_augment)
+    among = FLOW_OBJECTIVES
+    only = {"targets_path": _of(among, lambda o: o.pairs), "energy_workers": _of(among, lambda o: o.energy),
+            "max_frames": _of(among, lambda o: not o.pairs)}
+    if params["energy_workers"] < 1:
+        raise BgkitError(f"--energy-workers must be >= 1, got {params['energy_workers']}")
+    _run_training(params["arch"], params, among, only, targets=params["targets_path"], coords=params["coords"],
+                  init=params["init"], rotor_augment=params["rotor_augment"],
+                  energy_workers=_check_workers(params["energy_workers"], "--energy-workers"))
 
 
 @click.group(cls=_Group)
@@ -215,24 +210,20 @@ def teacher() -> None:
 
 
 @teacher.command("train")
-@click.option("--objective", type=click.Choice(_choices("cnf")), default="cfm", show_default=True,
-              help=_objective_help(_choices("cnf")))
-@click.option("--coords", type=click.Choice(_COORDS), default="internal", show_default=True,
+@click.option("--objective", type=click.Choice(TEACHER_OBJECTIVES), default=DEFAULT_TEACHER_OBJECTIVE,
+              show_default=True, help=_objective_help(TEACHER_OBJECTIVES))
+@click.option("--coords", type=click.Choice(_COORDS), default=DEFAULT_COORDS, show_default=True,
               help="Flow space of the teacher (and of the students regressed onto its reflow targets).")
-@click.option("--wcfm-kappa", type=float, default=1.0, show_default=True,
-              help="wcfm: temperature eps = kappa * sqrt(D) of the pair weights exp(-|x1 - x0| / eps).")
-@click.option("--fdm-weight", type=float, default=0.01, show_default=True,
-              help="fdm: weight of the conditional continuity residual (the CFM term has weight 1).")
+@_config_option("wcfm_kappa", "temperature eps = kappa * sqrt(D) of the pair weights exp(-|x1 - x0| / eps).",
+                type=float)
+@_config_option("fdm_cdm_weight", "weight of the conditional continuity residual (the CFM term has weight 1).",
+                type=float)
 @_ROTOR_AUGMENT
 @_with_options(_train_options)
-def teacher_train(objective, coords, wcfm_kappa, fdm_weight, rotor_augment, system_name, data, steps, batch_size, lr, hparams,
-                  max_frames, seed, max_seconds, device, out, resume, force) -> None:
+def teacher_train(**params: Any) -> None:
     """Train a CNF teacher by flow matching on the system's MD frames; --out is a checkpoint and a proposal."""
-    _only_for(objective, {"wcfm_kappa": ("wcfm",), "fdm_weight": ("fdm",)})
-    config = {"batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "max_seconds": max_seconds,
-              "wcfm_kappa": wcfm_kappa, "fdm_cdm_weight": fdm_weight}
-    _run_training(system_name, "cnf", objective, out, resume, force, hparams, steps, config, data=data,
-                  max_frames=max_frames, coords=coords, rotor_augment=rotor_augment)
+    _run_training("cnf", params, TEACHER_OBJECTIVES, {}, coords=params["coords"],
+                  rotor_augment=params["rotor_augment"])
 
 
 @click.command()

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 #: representation kind -> (module of bgkit.coords, class); imported on first use (torch is heavy)
 REPRESENTATIONS: dict[str, tuple[str, str]] = {"cartesian": ("cartesian", "CartesianCoords"),
                                                "internal": ("internal", "InternalCoords")}
+#: the representation every command and function fits when none is named (``--coords``): the flow space of
+#: the shipped proposals, the teachers and the TFEP maps
+DEFAULT_COORDS = "internal"
+#: the kind of a stored state without one (written by bgkit <= 0.1, before internal coordinates existed)
+_LEGACY_KIND = "cartesian"
 _LAZY = {"Representation": "base", "CartesianCoords": "cartesian", "InternalCoords": "internal", "ZMatrix": "zmatrix",
          "build_zmatrix": "zmatrix", "center": "geometry", "random_rotations": "geometry", "rotate": "geometry",
          "wrap": "geometry"}
@@ -39,7 +44,7 @@ def _class(kind: str) -> Any:
 
 
 def fit_representation(kind: str, xyz: Any, system: Any = None) -> "Representation":
-    """Fit representation ``kind`` ("cartesian" | "internal") on training frames xyz [B, N, 3] (nm)."""
+    """Fit representation ``kind`` (a key of :data:`REPRESENTATIONS`) on training frames xyz [B, N, 3] (nm)."""
     if kind not in REPRESENTATIONS:
         raise BgkitError(f"unknown coordinate representation {kind!r}; choose one of {sorted(REPRESENTATIONS)}")
     return _class(kind).fit(xyz, system)
@@ -47,7 +52,7 @@ def fit_representation(kind: str, xyz: Any, system: Any = None) -> "Representati
 
 def representation_from_state(state: dict[str, Any]) -> "Representation":
     """Rebuild a representation from its ``state_dict`` (no ``kind``: legacy cartesian)."""
-    kind = state.get("kind", "cartesian")
+    kind = state.get("kind", _LEGACY_KIND)
     if kind not in REPRESENTATIONS:
         raise BgkitError(f"unknown coordinate representation {kind!r} (written by a newer bgkit?)")
     try:
@@ -56,5 +61,5 @@ def representation_from_state(state: dict[str, Any]) -> "Representation":
         raise BgkitError(f"corrupted {kind} coordinate state: {type(exc).__name__}: {exc}") from None
 
 
-__all__ = ["REPRESENTATIONS", "Representation", "CartesianCoords", "InternalCoords", "ZMatrix", "build_zmatrix",
+__all__ = ["REPRESENTATIONS", "DEFAULT_COORDS", "Representation", "CartesianCoords", "InternalCoords", "ZMatrix", "build_zmatrix",
            "fit_representation", "representation_from_state", "center", "random_rotations", "rotate", "wrap"]

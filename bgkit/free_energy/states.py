@@ -1,29 +1,45 @@
-"""Conformational states on backbone dihedrals, state masks, and basin populations with block-bootstrap errors.
+"""Conformational states on backbone dihedrals and which frames of a molecule lie in them.
 
 States are periodic boxes in (φ, ψ) of a dipeptide, boxes on any named
 backbone dihedral (``phi1``, ``psi2``, ... as labelled by
-:func:`bgkit.metrics.backbone_torsions`), or any boolean mask. A small YAML
+:func:`bgkit.dihedrals.labelled_torsions`), or any boolean mask. A small YAML
 file defines states in degrees (:func:`load_states`, format in
-docs/free_energies.md). Populations are fractions of unbiased, time-ordered
-frames, their errors a bootstrap over contiguous time blocks (blocks must be
-longer than the correlation time).
+docs/free_energies.md). Membership of frames [n, N, 3] (nm) of a system:
+:func:`frame_masks`, :func:`in_state`, :func:`state_frames`; a frame whose Cα
+stereocentres are mirrored lies in no state. Populations of states and ΔF from
+them: :mod:`bgkit.free_energy.populations`.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from bgkit import BgkitError
-from bgkit.arrays import as_numpy
+from bgkit.arrays import as_numpy, evenly_spaced
+from bgkit.dihedrals import labelled_torsions
 
-__all__ = ["TWO_PI", "State", "ALA2_BASINS", "ALA2_STATES", "state_masks", "as_mask", "time_blocks", "Population",
-           "basin_populations", "basin_masks", "load_states", "named_states", "resolve_state"]
+__all__ = [
+    "ALA2_BASINS",
+    "ALA2_STATES",
+    "TWO_PI",
+    "State",
+    "basin_masks",
+    "frame_masks",
+    "in_state",
+    "load_states",
+    "named_states",
+    "resolve_state",
+    "state_frames",
+    "state_masks",
+    "system_states",
+]
 
 TWO_PI = 2.0 * math.pi
 
@@ -63,7 +79,7 @@ class State:
     @classmethod
     def from_degrees(
         cls, name: str, phi: tuple[float, float] | None = None, psi: tuple[float, float] | None = None
-    ) -> "State":
+    ) -> State:
         """Build a box state from ranges given in degrees."""
         rad = lambda r: None if r is None else (math.radians(r[0]), math.radians(r[1]))  # noqa: E731
         return cls(name, rad(phi), rad(psi))
@@ -128,78 +144,6 @@ ALA2_STATES: dict[str, State] = {
 def state_masks(states: dict[str, State], phi: Any, psi: Any) -> dict[str, np.ndarray]:
     """{name: bool mask [n]} for each state given angles phi [n], psi [n] (rad)."""
     return {name: s.mask(phi, psi) for name, s in states.items()}
-
-
-# --------------------------------------------------------------------------- populations
-
-
-def as_mask(m: Any, name: str) -> np.ndarray:
-    """``m`` (numpy array, torch tensor, list) as a 1-D boolean numpy mask [n] (BgkitError otherwise)."""
-    arr = np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m)
-    if arr.ndim != 1 or arr.dtype != bool:
-        raise BgkitError(f"{name} must be a 1-D boolean mask, got {arr.dtype} {arr.shape}")
-    return arr
-
-
-def time_blocks(n: int, block_size: int | None, n_blocks: int | None) -> list[np.ndarray]:
-    """Indices of ``n`` frames cut into contiguous time blocks: ``block_size`` frames, or ``n_blocks`` (default 20)."""
-    if block_size is not None and n_blocks is not None:
-        raise BgkitError("give block_size or n_blocks, not both")
-    if block_size is not None:
-        if block_size < 1:
-            raise BgkitError(f"block_size must be >= 1, got {block_size}")
-        n_blocks = n // int(block_size)
-    n_blocks = 20 if n_blocks is None else int(n_blocks)
-    if n_blocks < 2 or n_blocks > n:
-        raise BgkitError(f"need 2 <= n_blocks <= n_frames ({n}), got {n_blocks}")
-    return np.array_split(np.arange(n), n_blocks)
-
-
-class Population(NamedTuple):
-    """Fraction of frames in a state with its block-bootstrap error and per-half fractions."""
-
-    fraction: float
-    stderr: float
-    first_half: float
-    second_half: float
-
-
-def basin_populations(
-    masks: dict[str, Any],
-    n_blocks: int | None = None,
-    block_size: int | None = None,
-    n_boot: int = 1000,
-    seed: int | None = None,
-) -> dict[str, Population]:
-    """Population of each state in time-ordered frames, with block-bootstrap errors.
-
-    masks: {name: bool [n_frames]} (e.g. from ``state_masks``). The same
-    resampled blocks are used for every state. Compare ``first_half`` and
-    ``second_half`` to see whether a rare basin is converged.
-    """
-    arrays = {k: as_mask(m, k) for k, m in masks.items()}
-    if not arrays:
-        raise BgkitError("no states given")
-    n = {m.size for m in arrays.values()}
-    if len(n) != 1:
-        raise BgkitError(f"state masks differ in length: {sorted(n)}")
-    n_frames = n.pop()
-    blocks = time_blocks(n_frames, block_size, n_blocks)
-    sizes = np.array([i.size for i in blocks], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, len(blocks), size=(int(n_boot), len(blocks)))
-    half = n_frames // 2
-    out = {}
-    for name, m in arrays.items():
-        counts = np.array([m[i].sum() for i in blocks], dtype=np.float64)
-        boot = counts[pick].sum(axis=1) / sizes[pick].sum(axis=1)
-        out[name] = Population(
-            fraction=float(m.mean()),
-            stderr=float(np.std(boot, ddof=1)),
-            first_half=float(m[:half].mean()) if half else math.nan,
-            second_half=float(m[half:].mean()),
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- named states and YAML files
@@ -289,3 +233,47 @@ def resolve_state(name: str, available: dict[str, State], where: str) -> State:
     choices = ", ".join(available) or "none (define states in a YAML file with --states)"
     raise BgkitError(f"unknown state {name!r} for {where}; choices: {choices}")
 
+
+# --------------------------------------------------------------------------- frames of a molecule in states
+
+
+def system_states(system: Any, states_file: str | os.PathLike | None = None) -> dict[str, State]:
+    """Named states of ``system`` (a dipeptide's ALA2_STATES) plus those of a YAML file (which win).
+
+    A state on dihedrals this system lacks is refused here (BgkitError), before any work.
+    """
+    _, labels = labelled_torsions(system.positions[None], system)
+    states = named_states(labels)
+    if states_file is not None:
+        states.update(load_states(states_file))
+    for state in states.values():
+        state.mask_torsions(np.zeros((1, len(labels))), labels)
+    return states
+
+
+def frame_masks(xyz: np.ndarray, system: Any, *states: State) -> list[np.ndarray]:
+    """Bool [n] per state: which frames [n, N, 3] (nm) of ``system`` lie in it (dihedrals computed once).
+
+    A state is a set of conformations of this molecule: a frame whose Cα stereocentres are
+    mirrored (possible for a map in Cartesian coordinates) is in no state.
+    """
+    from bgkit.chirality import check_chirality, chiral_centres, chirality_signs
+
+    angles, labels = labelled_torsions(xyz, system)
+    quads = chiral_centres(system.topology)
+    right = (check_chirality(xyz, quads, chirality_signs(system.positions, quads)[0]) if len(quads)
+             else np.ones(len(angles), dtype=bool))
+    return [state.mask_torsions(angles, labels) & right for state in states]
+
+
+def in_state(xyz: np.ndarray, state: State, system: Any) -> np.ndarray:
+    """Bool [n]: which frames [n, N, 3] (nm) of ``system`` lie in ``state`` (mirror images lie in none)."""
+    return frame_masks(xyz, system, state)[0]
+
+
+def state_frames(ds: Any, system: Any, split: str, state: State, limit: int | None) -> np.ndarray:
+    """Frames float64 [m, N, 3] (nm) of the ``split`` of dataset ``ds`` inside ``state`` (time order), at most
+    ``limit`` evenly spaced (all if None)."""
+    xyz = ds.split(split)
+    inside = xyz[in_state(xyz, state, system)]
+    return np.asarray(inside[evenly_spaced(len(inside), limit)], dtype=np.float64)

@@ -204,11 +204,11 @@ def simulate(system: str | System, out: str | os.PathLike, ns: float, replicas: 
     ``t_max`` (K), exchanging every frame interval, and only the system's
     temperature is exported (:mod:`bgkit.md.replica_exchange`).
 
-    Returns the total number of frames stored. Re-running the same call after
-    an interruption continues where it stopped; a larger ``ns`` extends it (a
-    smaller one is refused). Every setting is checked before anything is written.
+    ``system``: a ``System`` (a shipped name or a system folder is resolved here). Returns the total number
+    of frames stored. Re-running the same call after an interruption continues where it stopped; a larger
+    ``ns`` extends it (a smaller one is refused). Every setting is checked before anything is written.
     """
-    sys_ = load_system(system)
+    sys_ = system if isinstance(system, System) else load_system(system)
     temperatures = None
     if exchange_temperatures and exchange_temperatures != 1:
         if exchange_temperatures < 0:

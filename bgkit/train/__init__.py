@@ -5,7 +5,8 @@
   (RegFlow: Rehman et al., arXiv 2506.01158).
 * :mod:`bgkit.train.matching` — flow-matching losses of CNF teachers (CFM, OT-CFM, W-CFM, FDM).
 * :mod:`bgkit.train.targets` — exact (blocked) OT pairs, targets files;
-  :mod:`bgkit.train.reflow` — reflow pairs from a teacher, chunked and streamed.
+  :mod:`bgkit.train.reflow` — reflow pairs from a teacher, chunked (:mod:`~bgkit.train.reflow_chunks`) and
+  streamed (:mod:`~bgkit.train.reflow_folder`).
 * :mod:`bgkit.train.config` — ``TrainConfig`` and the schedule policy; :mod:`bgkit.train.state` — RNG
   states and EMA; :mod:`bgkit.train.distributed` — torchrun context.
 * :mod:`bgkit.train.loop` — ``train`` (AdamW, EMA, cosine schedule, resumable checkpoints, data parallel).

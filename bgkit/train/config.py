@@ -1,33 +1,36 @@
 """Training configuration: hyper-parameters, their checks, and the one schedule policy.
 
 :func:`schedule_for` is how the CLI and the benchmarks derive warm-up, validation and checkpoint
-intervals from the number of steps, so every entry point trains with the same policy.
+intervals from the number of steps, so every entry point trains with the same policy; a resumed run
+keeps its checkpoint's warm-up (:meth:`TrainConfig.continuing`). The options of each objective and
+their checks are the registry's (:mod:`bgkit.train.objectives`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 from bgkit import BgkitError
-from bgkit.train.objectives import OBJECTIVES, REGULARISERS
+from bgkit.train.objectives import OBJECTIVES, Objective, get_objective, objective_options
 
-__all__ = ["TrainConfig", "schedule_for", "lr_factor", "RESUME_FIELDS", "CLI_OPTIONS"]
+__all__ = ["TrainConfig", "schedule_for", "lr_factor", "RESUME_FIELDS", "RESUME_KEPT", "CLI_OPTIONS"]
 
-# Fields that must match between a checkpoint and a resumed run.
-RESUME_FIELDS = (
-    "batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_factor", "grad_clip",
-    "ema", "seed", "objective", "reg", "reg_weight", "noise_std", "logdet_weight", "kl_weight", "kl_batch_size", "kl_energy_cap",
-    "wcfm_kappa", "fdm_cfm_weight", "fdm_cdm_weight",
-)
+#: fields that must match between a checkpoint and a resumed run (every objective's options included)
+RESUME_FIELDS = ("batch_size", "lr", "weight_decay", "betas", "min_lr_factor", "grad_clip", "ema", "seed",
+                 "objective", *(o.field for o in objective_options()))
+#: fields a resumed run takes from its checkpoint: the warm-up is part of the run, so a larger ``steps``
+#: only stretches the cosine
+RESUME_KEPT = ("warmup_steps",)
 
 
 #: the command-line option of each field a user sets (`bgkit train`, `bgkit teacher train`)
 CLI_OPTIONS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed", "reg": "--reg",
                "reg_weight": "--reg-weight", "noise_std": "--noise", "logdet_weight": "--logdet-weight",
                "kl_weight": "--kl-weight", "wcfm_kappa": "--wcfm-kappa", "fdm_cdm_weight": "--fdm-weight",
-               "max_seconds": "--max-seconds"}
+               "max_seconds": "--max-seconds", "device": "--device"}
 
 
 def schedule_for(steps: int) -> dict[str, int]:
@@ -87,8 +90,31 @@ class TrainConfig:
     device: str | None = None
     max_seconds: float | None = None
 
+    @cached_property
+    def spec(self) -> Objective:
+        """The registry entry of ``objective`` (looked up once per config)."""
+        return get_objective(self.objective)
+
+    def continuing(self, previous: dict[str, Any]) -> "TrainConfig":
+        """This config for a run that continues a checkpoint written with config ``previous``: the fields of
+        :data:`RESUME_KEPT` are the checkpoint's."""
+        return dataclasses.replace(self, **{name: previous[name] for name in RESUME_KEPT if name in previous})
+
+    def resume_mismatch(self, previous: dict[str, Any]) -> str | None:
+        """The first field of :data:`RESUME_FIELDS` in which this config differs from a checkpoint's config
+        ``previous`` ("config NAME was A, now B"), None if none does."""
+        defaults = TrainConfig()  # a field added after the checkpoint was written had its default then
+        for name in RESUME_FIELDS:
+            a, b = previous.get(name, getattr(defaults, name)), getattr(self, name)
+            if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+                a, b = list(a or []), list(b or [])
+            if a != b:
+                return f"config {name} was {a!r}, now {b!r}"
+        return None
+
     def validate(self) -> None:
-        """Raise BgkitError naming the first invalid field (and its command-line option) and its allowed range."""
+        """Raise BgkitError naming the first invalid field (and its command-line option) and its allowed range;
+        the options of the objectives are checked as their registry entries say."""
         from bgkit.limits import MAX_BATCH, MAX_STEPS  # noqa: PLC0415
 
         def num(x: Any) -> bool:
@@ -117,21 +143,10 @@ class TrainConfig:
              f"a whole number in [1, {MAX_BATCH:,}]"),
             ("seed", lambda: whole(self.seed) and 0 <= self.seed < 2**63, "a whole number >= 0"),
             ("objective", lambda: self.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
-            ("reg", lambda: self.reg in REGULARISERS, f"one of {', '.join(r or 'none' for r in REGULARISERS)}"),
-            ("reg_weight", lambda: num(self.reg_weight) and self.reg_weight >= 0, "a finite number >= 0"),
-            ("noise_std", lambda: num(self.noise_std) and self.noise_std >= 0, "a finite number >= 0"),
-            ("logdet_weight", lambda: num(self.logdet_weight) and self.logdet_weight >= 0, "a finite number >= 0"),
-            ("kl_weight", lambda: num(self.kl_weight) and self.kl_weight >= 0, "a finite number >= 0"),
-            ("kl_batch_size", lambda: self.kl_batch_size is None or (whole(self.kl_batch_size)
-                                                                     and 2 <= self.kl_batch_size <= MAX_BATCH),
-             f"a whole number in [2, {MAX_BATCH:,}] (or None)"),
-            ("kl_energy_cap", lambda: num(self.kl_energy_cap) and self.kl_energy_cap > 0, "a finite number > 0"),
-            ("wcfm_kappa", lambda: num(self.wcfm_kappa) and self.wcfm_kappa > 0, "a finite number > 0"),
-            ("fdm_cfm_weight", lambda: num(self.fdm_cfm_weight) and self.fdm_cfm_weight >= 0, "a finite number >= 0"),
-            ("fdm_cdm_weight", lambda: num(self.fdm_cdm_weight) and self.fdm_cdm_weight >= 0, "a finite number >= 0"),
             ("max_seconds", lambda: self.max_seconds is None or (num(self.max_seconds) and self.max_seconds > 0),
              "a finite number > 0 (or None)"),
         ]
+        checks += [(o.field, lambda o=o: o.check(getattr(self, o.field)), o.allowed) for o in objective_options()]
         for name, check, allowed in checks:
             try:
                 ok = bool(check())

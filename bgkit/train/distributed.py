@@ -1,14 +1,18 @@
-"""Data-parallel context for the training loop (torchrun: gloo on CPU, nccl on CUDA)."""
+"""Data-parallel context for the training loop: the device and the collectives it needs.
+
+The process group itself (joining under torchrun, the safe teardown) is :mod:`bgkit.distributed`'s;
+this module picks the device (and with it the backend: nccl on CUDA, gloo on CPU).
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from bgkit import BgkitError
+from bgkit.distributed import Group, join_group, leave_group
 from bgkit.train.config import TrainConfig
 
 __all__ = ["Dist", "setup_dist"]
@@ -16,16 +20,26 @@ __all__ = ["Dist", "setup_dist"]
 
 @dataclass
 class Dist:
-    """This process's rank, the world size and device, and the collectives the loop needs (no-ops alone)."""
+    """This process's place in the group, its device, and the collectives the loop needs (no-ops alone)."""
 
-    rank: int = 0
-    world: int = 1
+    group: Group = field(default_factory=Group)
     device: torch.device = torch.device("cpu")
-    owns_group: bool = False
+
+    @property
+    def rank(self) -> int:
+        return self.group.rank
+
+    @property
+    def world(self) -> int:
+        return self.group.world
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        return self.group.active
+
+    def leave(self, finished: bool) -> None:
+        """Tear down the process group if :func:`setup_dist` set it up."""
+        leave_group(self.group, finished)
 
     def all_mean(self, values: Tensor) -> Tensor:
         if self.active:
@@ -49,9 +63,8 @@ class Dist:
 
 
 def setup_dist(cfg: TrainConfig) -> Dist:
-    """The process group of a ``torchrun`` launch (initialised here unless the caller did), or one process."""
-    import torch.distributed as dist  # noqa: PLC0415
-
+    """The device (``cfg.device``, else cuda:LOCAL_RANK when CUDA is available, else cpu) and the process group
+    of a ``torchrun`` launch (joined here unless the caller did), or one process."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cfg.device is not None:
         device = torch.device(cfg.device)
@@ -61,13 +74,4 @@ def setup_dist(cfg: TrainConfig) -> Dist:
         device = torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    ctx = Dist(device=device)
-    env_world = int(os.environ.get("WORLD_SIZE", "1"))
-    if dist.is_available() and dist.is_initialized():
-        ctx.rank, ctx.world = dist.get_rank(), dist.get_world_size()
-    elif env_world > 1:
-        if not dist.is_available():
-            raise BgkitError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        ctx.rank, ctx.world, ctx.owns_group = dist.get_rank(), dist.get_world_size(), True
-    return ctx
+    return Dist(join_group("nccl" if device.type == "cuda" else "gloo"), device)

@@ -10,13 +10,14 @@ optimizer, scheduler, EMA and every RNG state (torch CPU/CUDA, numpy, python
 — one set per rank).
 
 Distributed: launched by ``torchrun`` (env ``WORLD_SIZE`` > 1), ``train``
-initialises the process group (gloo on CPU, nccl on CUDA) unless the caller
+joins the process group (gloo on CPU, nccl on CUDA; :mod:`bgkit.distributed`) unless the caller
 did, wraps the objective in ``DistributedDataParallel`` and gives each rank a
 distinct slice of every global batch (``batch_size`` is the global batch).
 Only rank 0 writes checkpoints and shows progress. One process: same code, no
 DDP.
 
-Checkpoints follow :mod:`bgkit.checkpoint` (read them with :func:`bgkit.checkpoint.load_checkpoint`).
+Checkpoints follow :mod:`bgkit.checkpoint` (written by :func:`~bgkit.checkpoint.write_checkpoint`, read
+with :func:`~bgkit.checkpoint.load_checkpoint`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import collections
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,14 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from bgkit import BgkitError
-from bgkit.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, non_finite_weight, sanitize
-from bgkit.distributed import destroy_group
-from bgkit.provenance import atomic_save, provenance
-from bgkit.train.config import RESUME_FIELDS, TrainConfig, lr_factor
+from bgkit.checkpoint import load_checkpoint, non_finite_weight, sanitize, write_checkpoint
+from bgkit.train.config import TrainConfig, lr_factor
 from bgkit.train.distributed import Dist, setup_dist
-from bgkit.train.objectives import get_objective
+from bgkit.train.objectives import Objective
 from bgkit.train.rows import BatchOrder, prepare_rows
-from bgkit.train.state import EMA, get_rng, seed_all, set_rng
+from bgkit.train.state import EMA, check_resumable, get_rng, run_state, seed_all, set_rng
 
 __all__ = ["TrainConfig", "TrainResult", "train", "NonFiniteError"]
 
@@ -71,7 +70,7 @@ class _Objective(nn.Module):
         self.flow = flow
         self.config = config
         self.target = target
-        self.objective = get_objective(config.objective)
+        self.objective: Objective = config.spec
 
     def forward(self, *batch: Tensor) -> tuple[Tensor, dict[str, float]]:
         return self.objective.loss(self.flow, batch, self.config, target=self.target)
@@ -127,7 +126,7 @@ def train(
         or an unusable checkpoint.
     """
     config.validate()
-    if get_objective(config.objective).energy and target is None:
+    if config.spec.energy and target is None:
         raise BgkitError(f"objective {config.objective!r} needs a Boltzmann target (the system's energy in the flow's "
                          "coordinates)")
     ctx = setup_dist(config)
@@ -144,8 +143,7 @@ def train(
             raise NonFiniteError(f"{exc} ({_set_aside(out_path, before, resume)})") from None
         raise
     finally:
-        if ctx.owns_group:
-            destroy_group(finished)
+        ctx.leave(finished)
 
 
 class NonFiniteError(BgkitError):
@@ -190,9 +188,8 @@ def _train(
     if not params:
         raise BgkitError("the flow has no trainable parameters")
     dtype = params[0].dtype
-    objective_spec = get_objective(cfg.objective)
-    data = prepare_rows(train_data, objective_spec, dtype, "training data")
-    val = prepare_rows(val_data, objective_spec, dtype, "validation data") if val_data is not None else None
+    data = prepare_rows(train_data, cfg.spec, dtype, "training data")
+    val = prepare_rows(val_data, cfg.spec, dtype, "validation data") if val_data is not None else None
     n, dim = data.n, data.dim
     if val is not None and val.dim != dim:
         raise BgkitError(f"validation data have {val.dim} dims, training data {dim}")
@@ -206,6 +203,10 @@ def _train(
                            "arch": getattr(flow, "arch", None) or None,
                            "hparams": getattr(flow, "hparams", None), "dim": dim}, "flow.hparams")
 
+    ckpt = load_checkpoint(out_path) if resume else None
+    if ckpt is not None:
+        cfg = cfg.continuing(ckpt["config"])
+        check_resumable(ckpt, cfg, ctx.world, n, out_path, flow_info)
     flow.to(ctx.device).train()
     optimizer = torch.optim.AdamW(flow.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
@@ -213,9 +214,7 @@ def _train(
     history: list[dict[str, float]] = []
     window: collections.deque[float] = collections.deque(maxlen=100)  # recent global train losses
     start_step, wall_before = 0, 0.0
-    if resume:
-        ckpt = load_checkpoint(out_path)
-        _check_resume(ckpt, cfg, ctx, n, out_path, flow_info)
+    if ckpt is not None:
         flow.load_state_dict(ckpt["raw_model"])
         ema.model.load_state_dict(ckpt["model"])
         ema.updates = int(ckpt["ema_updates"])
@@ -285,7 +284,7 @@ def _train(
                     "total_wall_time_s": wall_before + elapsed,
                     "steps": step,
                     "objective": cfg.objective,
-                    "loss_units": get_objective(cfg.objective).units,
+                    "loss_units": cfg.spec.units,
                     "world_size": ctx.world,
                 }
                 bad = non_finite_weight(ema.model) or non_finite_weight(flow)
@@ -294,8 +293,8 @@ def _train(
                                          "lower the learning rate, clip gradients or check the data")
                 rng = ctx.gather(get_rng(ctx.device))
                 if ctx.rank == 0:
-                    atomic_save(_checkpoint(flow, ema, optimizer, scheduler, rng, cfg, ctx, n, step, is_last,
-                                            metrics, history, list(window), extra, flow_info), out_path)
+                    write_checkpoint(run_state(flow, ema, optimizer, scheduler, rng, cfg, ctx.world, n, step, is_last,
+                                               metrics, history, list(window), extra, flow_info), out_path)
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0 or is_last:
@@ -316,68 +315,11 @@ def _train(
     return _result(out_path, metrics, history)
 
 
-def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, ctx: Dist, n: int, path: Path,
-                  flow_info: dict[str, Any] | None = None) -> None:
-    old = ckpt["config"]
-    old_flow = ckpt.get("flow") or {}
-    if flow_info is not None and old_flow:
-        for key in ("arch", "dim"):
-            if old_flow.get(key) != flow_info.get(key):
-                raise BgkitError(f"cannot resume from {path}: flow {key} was {old_flow.get(key)!r}, now {flow_info.get(key)!r}")
-        a, b = old_flow.get("hparams") or {}, flow_info.get("hparams") or {}
-        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        if changed:
-            diffs = ", ".join(f"{k} was {a.get(k)!r}, now {b.get(k)!r}" for k in changed[:3])
-            raise BgkitError(f"cannot resume from {path}: flow hyperparameters differ ({diffs})")
-    defaults = TrainConfig()  # a field added after the checkpoint was written had its default then
-    for name in RESUME_FIELDS:
-        a, b = old.get(name, getattr(defaults, name)), getattr(cfg, name)
-        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-            a, b = list(a or []), list(b or [])
-        if a != b:
-            raise BgkitError(f"cannot resume from {path}: config {name} was {a!r}, now {b!r}")
-    if int(ckpt.get("world_size", 1)) != ctx.world:
-        raise BgkitError(f"cannot resume from {path}: written with world size {ckpt.get('world_size')}, now {ctx.world}")
-    if int(ckpt["data_order"]["n"]) != n:
-        raise BgkitError(f"cannot resume from {path}: training set had {ckpt['data_order']['n']} samples, now {n}")
-    for key in ("raw_model", "optimizer", "scheduler", "rng", "ema_updates"):
-        if key not in ckpt:
-            raise BgkitError(f"cannot resume from {path}: checkpoint lacks {key}")
-
-
-def _checkpoint(flow: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, scheduler: Any, rng: list[Any],
-                cfg: TrainConfig, ctx: Dist, n: int, step: int, final: bool, metrics: dict[str, Any],
-                history: list[dict[str, float]], window: list[float], extra: dict[str, Any],
-                flow_info: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "step": step,
-        "final": final,
-        "model": ema.model.state_dict(),
-        "raw_model": flow.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "ema_updates": ema.updates,
-        "rng": rng,
-        "data_order": {"scheme": "numpy default_rng([seed, epoch]).permutation(n), drop last",
-                       "seed": cfg.seed, "n": n, "batch_size": cfg.batch_size},
-        "config": sanitize(asdict(cfg), "config"),
-        "world_size": ctx.world,
-        "flow": flow_info,
-        "history": sanitize(history, "history"),
-        "loss_window": window,
-        "metrics": sanitize(metrics, "metrics"),
-        "extra": extra,
-        "provenance": sanitize(provenance(seed=cfg.seed, objective=cfg.objective), "provenance"),
-    }
-
-
 @torch.no_grad()
 def _validate(model: nn.Module, val: Any, cfg: TrainConfig, ctx: Dist) -> float:
     """Mean loss over the validation set (no target noise, the objective's draws from a fixed seed),
     sharded over ranks."""
-    objective = get_objective(cfg.objective)
+    objective = cfg.spec
     dtype = next(model.parameters()).dtype
     generator = torch.Generator(device=ctx.device).manual_seed(int(cfg.seed) + 1_000_003 * (1 + ctx.rank))
     total, count = 0.0, 0

@@ -2,7 +2,8 @@
 
 This is what ``bgkit targets ot`` and ``bgkit train`` run. Frames of the
 dataset's train split are mapped to flow space by a coordinate representation
-(:mod:`bgkit.coords`: ``cartesian`` or ``internal``) fitted on them; OT targets
+(:mod:`bgkit.coords`: ``cartesian`` or ``internal``, by default
+:data:`~bgkit.coords.DEFAULT_COORDS`) fitted on them; OT targets
 store that representation so training uses exactly the same flow space. The
 representation's ``augment`` is applied to every batch: for ``cartesian``, one
 uniform SO(3) rotation per row, the same for x0 and x1 of a RegFlow pair (it
@@ -14,25 +15,28 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from bgkit import BgkitError
-from bgkit.coords import Representation, fit_representation, representation_from_state
+from bgkit.arrays import evenly_spaced
+from bgkit.checkpoint import coords_state, flow_extra, load_checkpoint, system_record
+from bgkit.coords import DEFAULT_COORDS, Representation, fit_representation, representation_from_state
 from bgkit.md.dataset import Dataset, load_dataset, system_dataset
-from bgkit.proposal import PROPOSAL_KIND, system_record
-from bgkit.systems import load_system
+from bgkit.proposal import PROPOSAL_KIND
+from bgkit.systems import System, load_system
+
+if TYPE_CHECKING:
+    from bgkit.train.config import TrainConfig
 
 
 def _frames(dataset: Dataset | list[Dataset], split: str, max_frames: int | None, seed: int) -> np.ndarray:
     """Frames of ``split`` of one dataset or of several (joined in order), at most ``max_frames`` evenly spaced."""
     datasets = dataset if isinstance(dataset, list) else [dataset]
     xyz = np.concatenate([d.split(split) for d in datasets])
-    if max_frames is not None and len(xyz) > max_frames:  # an evenly spaced subset keeps the time coverage
-        xyz = xyz[np.linspace(0, len(xyz) - 1, max_frames).round().astype(int)]
-    return xyz.astype(np.float64)
+    return xyz[evenly_spaced(len(xyz), max_frames)].astype(np.float64)  # evenly spaced: keeps the time coverage
 
 
 def to_flow_space(rep: Representation, xyz: np.ndarray) -> np.ndarray:
@@ -45,11 +49,12 @@ def to_flow_space(rep: Representation, xyz: np.ndarray) -> np.ndarray:
     return y.numpy()
 
 
-def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: int | None = None,
+def make_ot_targets(system: System | str, out: str | Path, data: str | None = None, n: int | None = None,
                     block_size: int = 4096, seed: int = 0, align: bool = True,
-                    coords: str = "cartesian") -> dict[str, Any]:
+                    coords: str = DEFAULT_COORDS) -> dict[str, Any]:
     """Exact-OT RegFlow targets for the train split of ``data`` (default: the system folder's own ``md/``).
 
+    ``system``: a ``System`` (a shipped name or a system folder is resolved here).
     ``coords``: the flow space ("cartesian" | "internal"); in internal coordinates the
     cost on torsions is the squared wrapped (geodesic) difference. With ``align``
     (cartesian only; default) the equivalent terminal atoms of each target frame (methyl
@@ -59,7 +64,7 @@ def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: in
     from bgkit.provenance import provenance
     from bgkit.train.targets import ot_pairs, save_targets
 
-    sys_ = load_system(system)
+    sys_ = system if isinstance(system, System) else load_system(system)
     dataset = _datasets(data, sys_)[0]
     dataset.system.check_positions(dataset.xyz[:1])
     xyz = _frames(dataset, "train", n, seed)
@@ -72,7 +77,7 @@ def make_ot_targets(system: str, out: str | Path, data: str | None = None, n: in
     if align and rep.kind == "cartesian":
         from bgkit.symmetry import align_groups, equivalent_groups
 
-        groups, rejected = equivalent_groups(sys_, xyz[np.linspace(0, len(xyz) - 1, 4).round().astype(int)])
+        groups, rejected = equivalent_groups(sys_, xyz[evenly_spaced(len(xyz), 4)])
         x1, relabelled = align_groups(x0, x1, groups)
     info = {"system": system_record(sys_), "transform": rep.state_dict(), "coords": rep.kind,
             "cost": "squared euclidean" + ("; squared wrapped difference on torsions" if rep.periodic else ""),
@@ -90,14 +95,30 @@ def _datasets(data: str | list[str] | None, system: Any) -> list[Dataset]:
     return [load_dataset(name, system) for name in names] if names else [system_dataset(system)]
 
 
-def train_proposal(system: str, arch: str, objective: str, out: str | Path, targets: str | None = None,
+def train_proposal(system: System | str, arch: str, objective: str, out: str | Path, targets: str | None = None,
                    data: str | list[str] | None = None, max_frames: int | None = None, hparams: dict | None = None,
                    config_overrides: dict | None = None, resume: bool = False, progress: bool = True,
                    coords: str | None = None, init: str | Path | None = None, energy_workers: int = 1,
                    rotor_augment: bool = False):
-    """Train a flow for ``system``; the checkpoint is a proposal.
+    """Train a flow for ``system`` (a ``System``; a shipped name or a system folder is resolved here) by
+    ``objective`` with ``config_overrides`` of the :class:`~bgkit.train.config.TrainConfig` defaults; the
+    checkpoint is a proposal. The other arguments are :func:`train_for_system`'s."""
+    from bgkit.train.config import TrainConfig
 
-    objective: a name of :data:`bgkit.train.objectives.OBJECTIVES` — "regflow" (regression onto
+    cfg = TrainConfig.from_dict({"objective": objective, **(config_overrides or {})})
+    return train_for_system(system if isinstance(system, System) else load_system(system), arch, cfg, out,
+                            targets=targets, data=data, max_frames=max_frames, hparams=hparams, resume=resume,
+                            progress=progress, coords=coords, init=init, energy_workers=energy_workers,
+                            rotor_augment=rotor_augment)
+
+
+def train_for_system(system: System, arch: str, cfg: TrainConfig, out: str | Path, targets: str | None = None,
+                     data: str | list[str] | None = None, max_frames: int | None = None, hparams: dict | None = None,
+                     resume: bool = False, progress: bool = True, coords: str | None = None,
+                     init: str | Path | None = None, energy_workers: int = 1, rotor_augment: bool = False):
+    """Train a flow for ``system`` with the training config ``cfg``; the checkpoint is a proposal.
+
+    ``cfg.objective``: a name of :data:`bgkit.train.objectives.OBJECTIVES` — "regflow" (regression onto
     ``targets``: an OT targets file or a reflow targets folder), "mle" (maximum likelihood on the train
     frames), "kl" (maximum likelihood + ``kl_weight`` × reverse KL to exp(−u), with energies and
     forces from ``energy_workers`` OpenMM workers; :mod:`bgkit.train.kl`), or a flow-matching
@@ -105,25 +126,22 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
     ``data``: a dataset folder or a list of them (their train and validation splits are joined).
     ``coords`` ("cartesian" | "internal"): the flow space. RegFlow takes it from the targets
     file (an explicit, different ``coords`` is an error); MLE and KL fit it on the train frames
-    (default "cartesian"). ``init``: start from the weights and representation of this proposal or
-    checkpoint (same architecture; its hyperparameters are used), e.g. KL fine-tuning of an MLE flow.
+    (default :data:`~bgkit.coords.DEFAULT_COORDS`). ``init``: start from the weights and representation of
+    this proposal or checkpoint (same architecture; its hyperparameters are used), e.g. KL fine-tuning of
+    an MLE flow.
     ``rotor_augment`` (frame objectives): relabel the hydrogens of every methyl (and NH3+) group of
     each training frame by a random cyclic shift (:class:`bgkit.symmetry.RotorRelabel`).
     """
     from bgkit.flows import build_flow
-    from bgkit.train.config import TrainConfig
     from bgkit.train.loop import train
-    from bgkit.train.objectives import get_objective
     from bgkit.train.targets import load_targets, ot_pairs
 
-    spec = get_objective(objective)
+    spec, objective, sys_ = cfg.spec, cfg.objective, system
     if (arch == "cnf") != (spec.model == "cnf"):
         raise BgkitError(f"objective {objective!r} trains " + ("continuous flows (--arch cnf, `bgkit teacher train`)"
                          if spec.model == "cnf" else "coupling flows and TarFlow, not a cnf (teachers are trained by "
                          "flow matching: cfm, otcfm, wcfm, fdm)"))
-    sys_ = load_system(system)
     sys_.check_unconstrained("training")  # constrained bonds: no flow representation keeps them fixed
-    cfg = TrainConfig.from_dict({"objective": objective, **(config_overrides or {})})
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 2):
         raise BgkitError(f"--max-frames must be a whole number >= 2 (the coordinates are fitted on the frames), "
                          f"got {max_frames!r}")
@@ -169,7 +187,7 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
         targets_record = _targets_record(prov)
     else:
         xyz = _frames(datasets, "train", max_frames, cfg.seed)
-        rep = start.transform if start is not None else fit_representation(coords or "cartesian", xyz, sys_)
+        rep = start.transform if start is not None else fit_representation(coords or DEFAULT_COORDS, xyz, sys_)
         train_data = torch.as_tensor(to_flow_space(rep, xyz)).float()
         val_data = torch.as_tensor(to_flow_space(rep, val_xyz)).float()
         n_train = len(xyz)
@@ -180,11 +198,12 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
             raise BgkitError("--rotor-augment relabels training frames; RegFlow pairs are fixed by their targets")
         from bgkit.symmetry import RotorRelabel, rotor_groups
 
-        rotors = rotor_groups(sys_, xyz[np.linspace(0, len(xyz) - 1, 4).round().astype(int)])
+        rotors = rotor_groups(sys_, xyz[evenly_spaced(len(xyz), 4)])
         augment = _compose(RotorRelabel(rep, rotors), rep.augment)
     if resume and Path(out).exists():
-        _check_resumed_origin(Path(out), sys_, rep, targets)
-        _check_resumed_rotors(Path(out), rotors)
+        previous = load_checkpoint(out)
+        _check_resumed_origin(previous, Path(out), sys_, rep, targets)
+        _check_resumed_rotors(previous, Path(out), rotors)
     hp = dict(start.info["hparams"]) if start is not None else dict(hparams or {})
     if rep.periodic:
         if arch == "tarflow":
@@ -195,17 +214,13 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
     flow = build_flow(arch, rep.dim, **hp)
     if start is not None:
         flow.load_state_dict(start.flow.state_dict())
-    extra = {
-        "kind": PROPOSAL_KIND,
-        "system": system_record(sys_),
-        "transform": rep.state_dict(),
-        "training": {"command": " ".join(sys.argv),
-                     "dataset": str(datasets[0].folder) if len(datasets) == 1 else [str(d.folder) for d in datasets],
-                     "dataset_frames": sum(d.n_frames for d in datasets), "train_frames": n_train, "targets": targets,
-                     "targets_provenance": targets_record, "objective": objective, "arch": arch, "coords": rep.kind,
-                     "init": str(init) if init is not None else None, "rotor_groups": rotors,
-                     "init_training": start.info.get("training") if start is not None else None},
-    }
+    extra = flow_extra(PROPOSAL_KIND, sys_, rep, training={
+        "command": " ".join(sys.argv),
+        "dataset": str(datasets[0].folder) if len(datasets) == 1 else [str(d.folder) for d in datasets],
+        "dataset_frames": sum(d.n_frames for d in datasets), "train_frames": n_train, "targets": targets,
+        "targets_provenance": targets_record, "objective": objective, "arch": arch,
+        "init": str(init) if init is not None else None, "rotor_groups": rotors,
+        "init_training": start.info.get("training") if start is not None else None})
     if not spec.energy:
         return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
                      extra_checkpoint=extra, progress=progress)
@@ -218,18 +233,17 @@ def train_proposal(system: str, arch: str, objective: str, out: str | Path, targ
                      extra_checkpoint=extra, progress=progress, target=target)
 
 
-def _check_resumed_origin(path: Path, system: Any, rep: Representation, targets: str | None) -> None:
-    """Refuse to resume a run trained on another system or in other coordinates, saying which (rather than
-    the flow dimensions that differ as a result)."""
-    from bgkit.checkpoint import load_checkpoint
-
-    extra = load_checkpoint(path).get("extra") or {}
+def _check_resumed_origin(previous: dict[str, Any], path: Path, system: System, rep: Representation,
+                          targets: str | None) -> None:
+    """Refuse to resume the checkpoint ``previous`` (of ``path``) of a run trained on another system or in other
+    coordinates, saying which (rather than the flow dimensions that differ as a result)."""
+    extra = previous.get("extra") or {}
     old_sys = extra.get("system") or {}
     if old_sys.get("topology_hash") not in (None, system.topology_hash):
         raise BgkitError(f"cannot resume from {path}: it was trained on system '{old_sys.get('name')}' "
                          f"({old_sys.get('n_atoms')} atoms), not '{system.name}' ({system.n_atoms} atoms); "
                          "give the run's --system or another --out")
-    state = extra.get("transform")
+    state = coords_state(extra)
     if state is None:
         return
     old_rep = representation_from_state(state)
@@ -243,11 +257,10 @@ def _check_resumed_origin(path: Path, system: Any, rep: Representation, targets:
                          "options or choose another --out")
 
 
-def _check_resumed_rotors(path: Path, rotors: list) -> None:
-    """Refuse to resume a run whose rotor relabelling (``--rotor-augment``) differs from this call's."""
-    from bgkit.checkpoint import load_checkpoint
-
-    before = ((load_checkpoint(path).get("extra") or {}).get("training") or {}).get("rotor_groups") or []
+def _check_resumed_rotors(previous: dict[str, Any], path: Path, rotors: list) -> None:
+    """Refuse to resume the checkpoint ``previous`` (of ``path``) of a run whose rotor relabelling
+    (``--rotor-augment``) differs from this call's."""
+    before = ((previous.get("extra") or {}).get("training") or {}).get("rotor_groups") or []
     if [list(map(int, g)) for g in before] != [list(map(int, g)) for g in rotors]:
         said = "with --rotor-augment" if before else "without --rotor-augment"
         raise BgkitError(f"cannot resume from {path}: it was trained {said}; repeat the run's options "

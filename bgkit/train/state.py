@@ -1,15 +1,25 @@
-"""Run state that makes training resumable bit for bit: RNG states and the EMA of the weights."""
+"""Run state that makes training resumable bit for bit: RNG states, the EMA of the weights, what a checkpoint
+holds of a run (:func:`run_state`) and whether a checkpoint can be continued (:func:`check_resumable`)."""
 from __future__ import annotations
 
 import copy
 import random
-from typing import Any
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["EMA", "get_rng", "set_rng", "seed_all"]
+from bgkit import BgkitError
+from bgkit.checkpoint import sanitize
+from bgkit.provenance import provenance
+
+if TYPE_CHECKING:
+    from bgkit.train.config import TrainConfig
+
+__all__ = ["EMA", "get_rng", "set_rng", "seed_all", "run_state", "check_resumable"]
 
 
 def get_rng(device: torch.device) -> dict[str, Any]:
@@ -63,3 +73,57 @@ class EMA:
             e.lerp_(p.detach(), 1.0 - decay)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
+
+
+def check_resumable(ckpt: dict[str, Any], cfg: TrainConfig, world: int, n: int, path: Path,
+                    flow_info: dict[str, Any] | None = None) -> None:
+    """BgkitError unless the run state ``ckpt`` can be continued by a run of ``cfg`` on ``world`` ranks, ``n``
+    training rows and the flow ``flow_info`` (same architecture, dimension, hyperparameters)."""
+    old = ckpt["config"]
+    old_flow = ckpt.get("flow") or {}
+    if flow_info is not None and old_flow:
+        for key in ("arch", "dim"):
+            if old_flow.get(key) != flow_info.get(key):
+                raise BgkitError(f"cannot resume from {path}: flow {key} was {old_flow.get(key)!r}, now {flow_info.get(key)!r}")
+        a, b = old_flow.get("hparams") or {}, flow_info.get("hparams") or {}
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if changed:
+            diffs = ", ".join(f"{k} was {a.get(k)!r}, now {b.get(k)!r}" for k in changed[:3])
+            raise BgkitError(f"cannot resume from {path}: flow hyperparameters differ ({diffs})")
+    mismatch = cfg.resume_mismatch(old)
+    if mismatch:
+        raise BgkitError(f"cannot resume from {path}: {mismatch}")
+    if int(ckpt.get("world_size", 1)) != world:
+        raise BgkitError(f"cannot resume from {path}: written with world size {ckpt.get('world_size')}, now {world}")
+    if int(ckpt["data_order"]["n"]) != n:
+        raise BgkitError(f"cannot resume from {path}: training set had {ckpt['data_order']['n']} samples, now {n}")
+    for key in ("raw_model", "optimizer", "scheduler", "rng", "ema_updates"):
+        if key not in ckpt:
+            raise BgkitError(f"cannot resume from {path}: checkpoint lacks {key}")
+
+
+def run_state(flow: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, scheduler: Any, rng: list[Any],
+              cfg: TrainConfig, world: int, n: int, step: int, final: bool, metrics: dict[str, Any],
+              history: list[dict[str, float]], window: list[float], extra: dict[str, Any],
+              flow_info: dict[str, Any]) -> dict[str, Any]:
+    """The contents of a training checkpoint at ``step`` (:mod:`bgkit.checkpoint`; ``final``: the run's last)."""
+    return {
+        "step": step,
+        "final": final,
+        "model": ema.model.state_dict(),
+        "raw_model": flow.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "ema_updates": ema.updates,
+        "rng": rng,
+        "data_order": {"scheme": "numpy default_rng([seed, epoch]).permutation(n), drop last",
+                       "seed": cfg.seed, "n": n, "batch_size": cfg.batch_size},
+        "config": sanitize(asdict(cfg), "config"),
+        "world_size": world,
+        "flow": flow_info,
+        "history": sanitize(history, "history"),
+        "loss_window": window,
+        "metrics": sanitize(metrics, "metrics"),
+        "extra": extra,
+        "provenance": sanitize(provenance(seed=cfg.seed, objective=cfg.objective), "provenance"),
+    }
