@@ -16,7 +16,7 @@ import numpy as np
 
 from bgkit import BgkitError
 
-__all__ = ["DEFAULT_BLOCKS", "block_bootstrap", "block_sums", "bootstrap_std", "time_blocks"]
+__all__ = ["DEFAULT_BLOCKS", "block_bootstrap", "block_sums", "bootstrap_fractions", "bootstrap_std", "time_blocks"]
 
 #: number of contiguous blocks when neither a block count nor a block size is given
 DEFAULT_BLOCKS = 20
@@ -99,6 +99,20 @@ class _Layout:
         sizes = self.sizes[pick]
         begin = np.cumsum(sizes) - sizes  # where each drawn block begins in the replicate
         return self.flat[np.repeat(self.starts[pick] - begin, sizes) + np.arange(int(sizes.sum()))]
+
+
+def bootstrap_fractions(masks: Any, blocks: list[np.ndarray], n_boot: int = 1000, seed: int | None = None
+                        ) -> np.ndarray:
+    """Block-bootstrap replicates [n_boot, k] of the fraction of frames in each of k states.
+
+    masks: bool [n, k], time-ordered frames by state; blocks: index arrays of contiguous frames (e.g. from
+    :func:`time_blocks`). Every replicate resamples whole blocks, the same ones for every state, and divides the
+    frames drawn that lie in each state by all frames drawn.
+    """
+    columns = np.asarray(masks, dtype=bool)
+    counts = block_sums(np.column_stack([columns, np.ones(len(columns), dtype=bool)]), blocks)  # [blocks, k + 1]
+    return block_bootstrap(lambda s: s[:, :-1].sum(axis=0) / s[:, -1].sum(), counts, n_blocks=len(counts),
+                           n_boot=n_boot, seed=seed)
 
 
 def bootstrap_std(replicates: Any) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bgkit import BgkitError
-from bgkit.blocks import block_bootstrap, block_sums, bootstrap_std, time_blocks
+from bgkit.blocks import block_bootstrap, block_sums, bootstrap_fractions, bootstrap_std, time_blocks
 
 
 def test_time_blocks_are_contiguous_and_cover_every_frame():
@@ -87,3 +87,15 @@ def test_block_bootstrap_needs_a_series_and_replicates():
         block_bootstrap(np.mean)
     with pytest.raises(BgkitError):
         block_bootstrap(np.mean, np.ones(5), n_boot=0)
+
+
+def test_bootstrap_fractions_of_independent_frames_have_the_binomial_error():
+    """Blocks of one frame each: the bootstrap error of a state's fraction is the binomial sqrt(p(1-p)/n)."""
+    rng = np.random.default_rng(7)
+    n = 4000
+    masks = np.column_stack([rng.random(n) < 0.3, rng.random(n) < 0.05])
+    reps = bootstrap_fractions(masks, time_blocks(n, block_size=1), n_boot=2000, seed=1)
+    assert reps.shape == (2000, 2)
+    p = masks.mean(axis=0)
+    np.testing.assert_allclose(reps.mean(axis=0), p, atol=3e-3)
+    np.testing.assert_allclose(reps.std(axis=0, ddof=1), np.sqrt(p * (1 - p) / n), rtol=0.08)

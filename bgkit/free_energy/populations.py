@@ -19,7 +19,7 @@ from scipy.special import logsumexp
 
 from bgkit import BgkitError
 from bgkit.arrays import as_numpy
-from bgkit.blocks import block_bootstrap, block_sums, bootstrap_std, time_blocks
+from bgkit.blocks import block_bootstrap, block_sums, bootstrap_fractions, bootstrap_std, time_blocks
 
 __all__ = ["Population", "as_mask", "basin_populations", "delta_f_counting", "delta_f_reweighting"]
 
@@ -76,12 +76,12 @@ def basin_populations(
         raise BgkitError(f"state masks differ in length: {sorted(n)}")
     n_frames = n.pop()
     blocks = time_blocks(n_frames, block_size, n_blocks)
-    *counts, frames = _resampled_sums([*arrays.values(), np.ones(n_frames, dtype=bool)], blocks, n_boot, seed)
+    replicates = bootstrap_fractions(np.column_stack(list(arrays.values())), blocks, n_boot, seed)
     half = n_frames // 2
-    return {name: Population(fraction=float(m.mean()), stderr=bootstrap_std(c / frames),
+    return {name: Population(fraction=float(m.mean()), stderr=bootstrap_std(replicates[:, j]),
                              first_half=float(m[:half].mean()) if half else math.nan,
                              second_half=float(m[half:].mean()))
-            for (name, m), c in zip(arrays.items(), counts)}
+            for j, (name, m) in enumerate(arrays.items())}
 
 
 def delta_f_counting(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bgkit.blocks import block_bootstrap, block_sums, bootstrap_std, time_blocks
+from bgkit.blocks import bootstrap_fractions, bootstrap_std, time_blocks
 from bgkit.dihedrals import phi_psi
 from bgkit.md.dataset import load_dataset
 
@@ -38,11 +38,8 @@ def _populations(masks: Mapping[str, np.ndarray], n_blocks: int = 20, n_boot: in
     same ones for every state, and takes the fraction of the frames drawn that lie in the state.
     """
     names = list(masks)
-    n = len(masks[names[0]])
-    columns = np.stack([np.asarray(masks[k], dtype=bool) for k in names] + [np.ones(n, dtype=bool)], axis=1)
-    sums = block_sums(columns, time_blocks(n, n_blocks=n_blocks))  # [blocks, states + 1]: frames in, frames
-    replicates = block_bootstrap(lambda s: s[:, :-1].sum(axis=0) / s[:, -1].sum(), sums, n_blocks=len(sums),
-                                 n_boot=n_boot, seed=seed)
+    columns = np.stack([np.asarray(masks[k], dtype=bool) for k in names], axis=1)
+    replicates = bootstrap_fractions(columns, time_blocks(len(columns), n_blocks=n_blocks), n_boot, seed)
     return {k: (float(columns[:, j].mean()), bootstrap_std(replicates[:, j])) for j, k in enumerate(names)}
 
 
