@@ -193,3 +193,22 @@ def test_periodic_flow_is_continuous_across_the_cut_and_normalised(arch: str, hp
 def test_tarflow_refuses_periodic_dimensions() -> None:
     with pytest.raises(BgkitError, match="periodic"):
         build_flow("tarflow", 6, periodic=[1])
+
+
+@pytest.mark.parametrize("bound", [5.0, math.pi])
+def test_rq_spline_equals_zukos_own_parametrisation(bound: float) -> None:
+    """The explicit-softmax spline has zuko's knots, values, log-dets and inverse (float64, wide params)."""
+    from zuko.transforms import MonotonicRQSTransform
+
+    from bgkit.flows.splines import rq_spline
+
+    g = torch.Generator().manual_seed(3)
+    w, h, d = (4 * torch.randn(500, 6, k, generator=g, dtype=torch.float64) for k in (8, 8, 7))
+    x = 1.5 * bound * torch.randn(500, 6, generator=g, dtype=torch.float64)  # some outside the bound
+    ours, zukos = rq_spline(w, h, d, bound=bound), MonotonicRQSTransform(w, h, d, bound=bound)
+    for name in ("horizontal", "vertical", "derivatives"):
+        torch.testing.assert_close(getattr(ours, name), getattr(zukos, name), rtol=1e-12, atol=1e-12)
+    (y1, l1), (y2, l2) = ours.call_and_ladj(x), zukos.call_and_ladj(x)
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(l1, l2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.inv(y1), zukos.inv(y2), rtol=1e-9, atol=1e-9)

@@ -1,7 +1,8 @@
 """Coupling flows: affine "Res-NVP" and rational-quadratic spline coupling (NSF).
 
 References: RealNVP (Dinh et al., arXiv 1605.08803); Neural Spline Flows
-(Durkan et al., arXiv 1906.04032), spline math from ``zuko.transforms.MonotonicRQSTransform``.
+(Durkan et al., arXiv 1906.04032), spline math from ``zuko.transforms.MonotonicRQSTransform`` (built by
+:func:`bgkit.flows.splines.rq_spline`).
 
 Each coupling layer leaves one part ``a`` of the coordinates unchanged and
 transforms the complementary part ``b`` element-wise, conditioned on ``a`` by a
@@ -17,11 +18,11 @@ import math
 
 import torch
 from torch import Tensor, nn
-from zuko.transforms import MonotonicRQSTransform
 
 from bgkit.coords.geometry import wrap
 
 from .base import Flow, ResidualMLP, periodic_mask, softclamp
+from .splines import rq_spline
 
 _SPLIT_SEED = 0
 
@@ -69,7 +70,7 @@ def circular_spline(u: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, T
     """
     bins = params.shape[-1] // 3
     w, h, d, shift = params.split([bins, bins, bins - 1, 1], dim=-1)
-    spline = MonotonicRQSTransform(w, h, d, bound=math.pi)
+    spline = rq_spline(w, h, d, bound=math.pi)
     shift = shift.squeeze(-1)
     if inverse:
         z = spline.inv(wrap(u - shift))
@@ -161,7 +162,7 @@ class SplineCoupling(_Coupling):
 
     def _transform(self, u: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         w, h, d = params.split([self.bins, self.bins, self.bins - 1], dim=-1)
-        spline = MonotonicRQSTransform(w, h, d, bound=self.bound)
+        spline = rq_spline(w, h, d, bound=self.bound)
         if inverse:
             z = spline.inv(u)
             return z, -spline.call_and_ladj(z)[1].sum(-1)
