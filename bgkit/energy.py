@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import warnings
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
@@ -125,6 +126,7 @@ class EnergyModel:
         # test hooks: the next submitted chunk's worker exits after this many frames (every chunk if sticky)
         self._crash_next: int | None = None
         self._crash_sticky = False
+        self._pool = None  # one thread that runs ``submit``ted evaluations
         self._start_workers()
 
     # ------------------------------------------------------------ lifecycle
@@ -145,6 +147,9 @@ class EnergyModel:
 
     def close(self) -> None:
         """Stop the worker processes (also done at exit and by garbage collection)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         _shutdown(self._workers)
 
     def __enter__(self) -> "EnergyModel":
@@ -188,6 +193,14 @@ class EnergyModel:
             out_forces /= self.kT
         return EnergyBatch(energies, out_forces, int((flags == NONFINITE_POSITIONS).sum()),
                            int((flags == OVERLAP).sum()), int((flags == NONFINITE_ENERGY).sum()))
+
+    def submit(self, x: Any, forces: bool = False) -> Future:
+        """``evaluate(x, forces)`` in the background: a Future of its EnergyBatch, so that the caller's
+        own work (a flow's next batch, another loss term) overlaps the workers'. Submissions run in order."""
+        pos = self.as_positions(x)  # checked and copied now: the caller may reuse x
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="bgkit-energy")
+        return self._pool.submit(self.evaluate, pos, forces)
 
     def __call__(self, x: Any) -> np.ndarray:
         """Reduced energies u(x)/kT, float64 [B]."""

@@ -228,7 +228,7 @@ def train_for_system(system: System, arch: str, cfg: TrainConfig, out: str | Pat
     from bgkit.train.kl import BoltzmannTarget
 
     with EnergyModel(sys_, n_workers=energy_workers) as model:
-        target = BoltzmannTarget(rep, model.torch_energy, cfg.kl_energy_cap)
+        target = BoltzmannTarget(rep, energy_cap=cfg.kl_energy_cap, energy_model=model)
         return train(flow, train_data, val_data, cfg, out, resume=resume, augment=augment,
                      extra_checkpoint=extra, progress=progress, target=target)
 

@@ -100,9 +100,10 @@ def _kl(model: nn.Module, batch: tuple[Tensor, ...], cfg: Any, *, generator: tor
         train: bool = True, target: Any = None) -> tuple[Tensor, dict[str, float]]:
     from bgkit.train.mle import mle_loss
 
-    loss, stats = mle_loss(model, batch[0])
-    if train and cfg.kl_weight > 0:
-        kl, kl_stats = target.kl_loss(model, cfg.kl_batch_size or batch[0].shape[0])
+    started = target.start(model, cfg.kl_batch_size or batch[0].shape[0]) if train and cfg.kl_weight > 0 else None
+    loss, stats = mle_loss(model, batch[0])  # while the energy workers compute the KL samples' forces
+    if started is not None:
+        kl, kl_stats = target.finish(started)
         loss = loss + cfg.kl_weight * kl
         stats = {**stats, **kl_stats, "loss": float(loss.detach())}
     return loss, stats
