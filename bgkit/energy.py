@@ -197,7 +197,7 @@ class EnergyModel:
     def submit(self, x: Any, forces: bool = False) -> Future:
         """``evaluate(x, forces)`` in the background: a Future of its EnergyBatch, so that the caller's
         own work (a flow's next batch, another loss term) overlaps the workers'. Submissions run in order."""
-        pos = self.as_positions(x)  # checked and copied now: the caller may reuse x
+        pos = self.as_positions(x).copy()  # checked and copied now: the caller may reuse x
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="bgkit-energy")
         return self._pool.submit(self.evaluate, pos, forces)

@@ -118,12 +118,20 @@ class Proposal:
     def dtype(self) -> torch.dtype:
         return next(self.flow.parameters()).dtype
 
-    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         """n samples: positions float64 [n, N, 3] (nm, centred) and log q (nm coordinates) float64 [n]."""
-        y, log_q_flow = self.flow.sample(n, generator=generator)
+        return self.from_prior(self.prior_sample(n, generator))
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n prior draws [n, D] on the flow's device and dtype (the only random step of :meth:`sample`)."""
+        return self.flow.prior_sample(n, generator, device=self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def from_prior(self, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Positions float64 [B, N, 3] (nm) and log q float64 [B] of prior draws z [B, D]."""
+        y, logdet = self.flow(z)
         xyz, logdet_from = self.transform.from_flow(y.double())
-        log_q = log_q_flow.double() - logdet_from
+        log_q = self.flow.prior_log_prob(z).double() - logdet.double() - logdet_from
         return xyz.cpu().numpy(), log_q.cpu().numpy()
 
     @torch.no_grad()

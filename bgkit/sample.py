@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ class SampleResult:
     wrong_chirality: np.ndarray  #: [n] bool, samples with a mirrored chiral centre
     weights: ReweightResult
     seconds: float  #: wall time of drawing + energies
-    flow_seconds: float  #: time spent in the flow (sampling and log q)
+    flow_seconds: float  #: time spent waiting for the flow (sampling and log q)
     energy_seconds: float  #: time spent waiting for energies (overlaps flow time)
     n_invalid_energy: int
 
@@ -165,34 +167,43 @@ def _draw_shares(proposal: Proposal, system: System, n: int, batch_size: int, se
     t0 = time.perf_counter()
     n_invalid = 0
     own_model = energy_model is None
-    with (EnergyModel(system, n_workers=workers) if own_model else nullcontext(energy_model)) as model, \
-            ThreadPoolExecutor(1) as pool:
-        pending = None
+    sizes = [min(batch_size, share - i) for i in range(0, share, batch_size)]
+    with EnergyModel(system, n_workers=workers) if own_model else nullcontext(energy_model) as model, \
+            _flow_threads(proposal) as (pool, depth):
+        flows: deque = deque()  # (batch size, Future of (x, log q)), in draw order, at most `depth`
+        scored: deque = deque()  # Futures of EnergyBatch, in draw order, at most 2
 
-        def collect(fut) -> None:
+        def collect() -> None:
             nonlocal energy_s, n_invalid
             t = time.perf_counter()
-            batch = fut.result()
+            batch = scored.popleft().result()
             energy_s += time.perf_counter() - t
             energies.append(batch.energy_kt)
             n_invalid += batch.n_invalid
 
-        bar = tqdm(total=share, unit="samples", desc="sample", disable=not progress or rank != 0, dynamic_ncols=True)
-        done = 0
-        while done < share:
-            b = min(batch_size, share - done)
+        def score_oldest() -> None:
+            nonlocal flow_s
+            b, fut = flows.popleft()
             t = time.perf_counter()
-            x, lq = proposal.sample(b, generator=generator)
+            x, lq = fut.result()
             flow_s += time.perf_counter() - t
-            if pending is not None:
-                collect(pending)
-            pending = pool.submit(model.evaluate, x)
+            if len(scored) >= 2:
+                collect()
+            scored.append(model.submit(x))
             xyz.append(x)
             log_q.append(lq)
-            done += b
             bar.update(b)
-        if pending is not None:
-            collect(pending)
+
+        bar = tqdm(total=share, unit="samples", desc="sample", disable=not progress or rank != 0, dynamic_ncols=True)
+        for b in sizes:
+            # prior draws in order from the one generator: the same samples for any number of flow threads
+            flows.append((b, pool.submit(proposal.from_prior, proposal.prior_sample(b, generator))))
+            if len(flows) >= depth:
+                score_oldest()
+        while flows:
+            score_oldest()
+        while scored:
+            collect()
         bar.close()
     seconds = time.perf_counter() - t0
     local = (np.concatenate(xyz), np.concatenate(log_q), np.concatenate(energies), flow_s, energy_s, n_invalid, seconds)
@@ -207,6 +218,24 @@ def _draw_shares(proposal: Proposal, system: System, n: int, batch_size: int, se
     return (np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered]),
             np.concatenate([g[2] for g in gathered]), sum(g[3] for g in gathered), sum(g[4] for g in gathered),
             sum(g[5] for g in gathered), max(g[6] for g in gathered))
+
+
+@contextmanager
+def _flow_threads(proposal: Proposal):
+    """(pool, depth): threads that push prior draws through the flow, and how many batches to keep in flight. On CPU, one per torch thread, each running torch with one
+    intra-op thread: independent batches in parallel keep both cores busy while an energy worker takes its
+    share, where one batch on two intra-op threads stalls whenever a worker preempts one of them."""
+    threads = torch.get_num_threads() if proposal.device.type == "cpu" else 1
+    if threads == 1:
+        with ThreadPoolExecutor(1, thread_name_prefix="bgkit-flow") as pool:
+            yield pool, 1
+        return
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="bgkit-flow") as pool:
+            yield pool, threads
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_sample_folder(result: SampleResult, system: System, out: str | Path, force: bool = False,

@@ -175,3 +175,32 @@ def test_bad_input(trained, tmp_path):
     (existing / "keep.txt").write_text("mine")
     assert_one_line_error(bgkit("sample", "--system", "ala2", "--model", model, "--n", 10, "--out", existing), "--force")
     assert (existing / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pipeline_draws_the_samples_of_sequential_sampling(threads):
+    """The pipeline's flow threads push the one generator's prior draws, in order: its samples and log q are
+    those of Proposal.sample called batch after batch with the same seed, its energies OpenMM's, and the
+    caller's torch thread count is restored."""
+    import torch
+
+    from bgkit.energy import EnergyModel
+    from bgkit.proposal import Proposal
+    from bgkit.sample import draw
+    from bgkit.systems import load_system
+
+    system = load_system("ala2")
+    proposal = Proposal.load(system.folder / "proposal.pt", system=system)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = draw(proposal, system, n=2500, batch_size=1000, seed=3, n_workers=1, progress=False)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    generator = torch.Generator().manual_seed(3 * 1000003)
+    batches = [proposal.sample(b, generator=generator) for b in (1000, 1000, 500)]
+    np.testing.assert_allclose(result.xyz, np.concatenate([x for x, _ in batches]), atol=1e-5)
+    np.testing.assert_allclose(result.log_q, np.concatenate([lq for _, lq in batches]), atol=1e-3)
+    with EnergyModel(system, n_workers=1) as model:
+        np.testing.assert_allclose(result.energy_kt, model(result.xyz), rtol=1e-9)
